@@ -1,0 +1,48 @@
+"""The ``b2b`` command. Each subcommand lives in its own module, imported only when it is used.
+
+A command module provides ``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from b2b.errors import B2BError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "shards": ("b2b.shards", "build WebDataset shards from LPD, MIDI or the demo corpus; inspect them"),
+    "describe": ("b2b.describe", "print the resolved config, layers, parameter counts and FLOPs"),
+    "sample": ("b2b.sample", "generate MIDI, piano-roll PNGs, WAV audio and an HTML gallery"),
+    "eval": ("b2b.evaluate", "music metrics of generated and real samples"),
+    "export": ("b2b.export", "write the (EMA) generator and its config as safetensors"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="b2b", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    if not argv or argv[0] not in COMMANDS:
+        parser.print_help() if not argv or argv[0] in ("-h", "--help") else parser.parse_args(argv)
+        return 0 if argv else 2
+    name = argv[0]
+    module = importlib.import_module(COMMANDS[name][0])
+    command_parser = argparse.ArgumentParser(prog=f"b2b {name}", description=COMMANDS[name][1])
+    module.add_arguments(command_parser)
+    args = command_parser.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except B2BError as exc:
+        print(f"b2b {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"b2b {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""Errors that reach the user as one clear line (the CLI prints them without a traceback)."""
+
+
+class B2BError(Exception):
+    """Base class: the message names the file, key or value at fault and what would be valid."""
+
+
+class ConfigError(B2BError):
+    """A config file or override is invalid."""
+
+
+class ShapeError(ConfigError):
+    """A sample shape the networks cannot produce or the data cannot provide."""
+
+
+class DataError(B2BError):
+    """Source files, shards or a manifest are missing, unreadable or inconsistent."""
+
+
+class CheckpointError(B2BError):
+    """A checkpoint is missing, incomplete or incompatible with the config."""
