@@ -209,8 +209,12 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
 
 
 def _unknown_key(key: str, where: str) -> ConfigError:
+    import difflib
+
     keys = valid_keys()
-    return ConfigError(f"unknown config key {key!r}{where}; valid keys are: {', '.join(keys)}")
+    close = difflib.get_close_matches(key, keys, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown config key {key!r}{where}{hint}; valid keys are: {', '.join(keys)}")
 
 
 def _build(cls: type, values: dict, prefix: str, where: str) -> Any:

@@ -1,0 +1,347 @@
+"""The seed's networks: a transposed-convolution generator and a convolutional critic, both with
+self-attention, sized by a :class:`LayerPlan` that fits any producible sample shape.
+
+Geometry. A sample is ``(tracks, time, pitch)``; tracks are channels. The generator's first layer maps
+the latent vector (as a 1×1 image) to an initial grid ``(t0, p0)`` with a kernel of that size; layers
+2–6 each scale an axis by a stride ``s`` in {1, 2, 3, 4} (kernel ``s + 2``, padding 1, so the output is
+exactly ``input × s``). So every axis must be ``d0 × s2 × … × s6`` with ``d0 <= MAX_INITIAL``. The
+critic mirrors this with five convolutions (stride ``s``, kernel ``s + 2``, padding 1: ``in → in / s``)
+that end on the same initial grid, then flatten, dropout and a linear layer to one score.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from b2b.errors import ShapeError
+
+# Largest initial grid size per axis. Layer 1 is a dense map from the latent to C × t0 × p0 values (and
+# the critic's last layer a dense map from C × t0 × p0 to one score); a kernel larger than this is a
+# fully-connected layer in disguise whose parameters grow with the sample instead of with the width,
+# and it leaves the convolutions too little upsampling to learn local structure.
+MAX_INITIAL = 16
+STRIDES = (1, 2, 3, 4)
+N_UPSAMPLE = 5  # generator layers 2-6 / critic convs 1-5
+LARGEST_AXIS = MAX_INITIAL * max(STRIDES) ** N_UPSAMPLE
+SHAPE_RULE = (
+    f"each of time and pitch must equal d0 × s1 × … × s{N_UPSAMPLE} with an initial size d0 <= {MAX_INITIAL} "
+    f"and every stride s_i in {{1, 2, 3, 4}} "
+    f"(any size up to {MAX_INITIAL} works; the largest is {LARGEST_AXIS})"
+)
+
+
+@dataclass(frozen=True)
+class AxisPlan:
+    """How one axis is built: initial size, then one stride per upsampling layer (generator order)."""
+
+    size: int
+    initial: int
+    strides: tuple[int, ...]
+
+    def sizes(self) -> list[int]:
+        """Size after generator layers 1..6."""
+        out = [self.initial]
+        for s in self.strides:
+            out.append(out[-1] * s)
+        return out
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """The grid of every layer for a sample shape ``(tracks, time, pitch)``."""
+
+    shape: tuple[int, int, int]
+    time: AxisPlan
+    pitch: AxisPlan
+
+    @property
+    def tracks(self) -> int:
+        return self.shape[0]
+
+    @property
+    def initial(self) -> tuple[int, int]:
+        return (self.time.initial, self.pitch.initial)
+
+    @property
+    def strides(self) -> list[tuple[int, int]]:
+        """(time, pitch) stride of generator layers 2..6; the critic uses them in reverse order."""
+        return list(zip(self.time.strides, self.pitch.strides, strict=True))
+
+    def generator_grids(self) -> list[tuple[int, int]]:
+        """(time, pitch) after each of the generator's six layers."""
+        return list(zip(self.time.sizes(), self.pitch.sizes(), strict=True))
+
+    def critic_grids(self) -> list[tuple[int, int]]:
+        """(time, pitch) after each of the critic's five convolutions."""
+        return self.generator_grids()[-2::-1]
+
+
+def _cost(strides: tuple[int, ...], initial: int) -> tuple[int, int, int]:
+    # Prefer stride 2 (kernel 4 overlaps evenly), then 3; strides 1 (no upsampling) and 4 (kernel 6,
+    # least overlap) come last; then the smaller initial grid (more of the axis built by convolutions).
+    return (strides.count(1) + strides.count(4), strides.count(3), initial)
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan_axis(size: int) -> AxisPlan | None:
+    best = None
+    for combo in itertools.combinations_with_replacement(STRIDES, N_UPSAMPLE):
+        product = math.prod(combo)
+        if size % product or size // product > MAX_INITIAL:
+            continue
+        candidate = (_cost(combo, size // product), combo)
+        if best is None or candidate < best:
+            best = candidate
+    if best is None:
+        return None
+    # Ascending strides in the generator: the cheap stride-1 layers run on the small grids, and the
+    # grid at the attention layer (after layer 4) stays small (attention is quadratic in positions).
+    strides = tuple(sorted(best[1]))
+    return AxisPlan(size=size, initial=size // math.prod(strides), strides=strides)
+
+
+def _nearest(size: int) -> tuple[int | None, int | None]:
+    below = next((n for n in range(min(size, LARGEST_AXIS + 1) - 1, 0, -1) if _plan_axis(n)), None)
+    above = next((n for n in range(size + 1, LARGEST_AXIS + 1) if _plan_axis(n)), None)
+    return below, above
+
+
+def layer_plan(shape: Sequence[int]) -> LayerPlan:
+    """Plan the networks' layers for a sample shape.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        ``(tracks, time, pitch)``.
+
+    Returns
+    -------
+    LayerPlan
+        Initial grid and per-layer strides for both axes.
+
+    Raises
+    ------
+    ShapeError
+        If the shape is not three positive sizes or an axis cannot be produced; the message names the
+        axis, the size, the rule and the nearest producible sizes.
+    """
+    try:
+        dims = tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        raise ShapeError(f"sample shape {shape!r} is not [tracks, time, pitch] of integers") from None
+    if len(dims) != 3 or min(dims) < 1:
+        raise ShapeError(f"sample shape {list(dims)} is not [tracks, time, pitch] of positive sizes")
+    plans = {}
+    for axis, size in zip(("time", "pitch"), dims[1:], strict=True):
+        plan = _plan_axis(size)
+        if plan is None:
+            below, above = _nearest(size)
+            near = " and ".join(str(n) for n in (below, above) if n is not None)
+            raise ShapeError(
+                f"sample shape {list(dims)}: the networks cannot produce {axis} size {size}; {SHAPE_RULE}. "
+                f"Nearest producible {axis} sizes: {near}"
+            )
+        plans[axis] = plan
+    return LayerPlan(shape=dims, time=plans["time"], pitch=plans["pitch"])
+
+
+def check_shape(shape: Sequence[int]) -> None:
+    """Raise :class:`ShapeError` (saying which sizes work) if the networks cannot handle ``shape``.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        ``(tracks, time, pitch)``.
+    """
+    layer_plan(shape)
+
+
+class SelfAttention(nn.Module):
+    """Self-attention over the positions of a feature map (SAGAN), added to the input.
+
+    The output is ``x + gamma * attention(x)`` with ``gamma`` starting at 0, so a fresh block is the
+    identity and the network learns how much non-local context to mix in.
+
+    Parameters
+    ----------
+    channels : int
+        Channels of the input; query and key use ``max(1, channels // 8)``.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        inner = max(1, channels // 8)
+        self.query = nn.Conv2d(channels, inner, 1)
+        self.key = nn.Conv2d(channels, inner, 1)
+        self.value = nn.Conv2d(channels, channels, 1)
+        self.gamma = nn.Parameter(torch.zeros(()))
+        # Scaled as in the Transformer (SAGAN does not scale): wide models would otherwise saturate the
+        # softmax at initialization.
+        self.scale = inner**-0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        q = self.query(x).flatten(2)  # (N, C', HW)
+        k = self.key(x).flatten(2)
+        v = self.value(x).flatten(2)  # (N, C, HW)
+        # Explicit matmul + softmax rather than scaled_dot_product_attention: the fused kernels have no
+        # double backward, which the gradient penalty needs.
+        attn = torch.softmax(torch.bmm(q.transpose(1, 2), k) * self.scale, dim=-1)  # (N, HW, HW)
+        out = torch.bmm(v, attn.transpose(1, 2)).view(n, c, h, w)
+        return x + self.gamma * out
+
+
+def _generator_channels(width: int) -> list[int]:
+    """Output channels of generator layers 1..5 (layer 6 outputs the tracks): the critic's, mirrored."""
+    return [8 * width, 4 * width, 4 * width, 2 * width, width]
+
+
+def _critic_channels(width: int) -> list[int]:
+    """Output channels of critic convolutions 1..5."""
+    return [width, 2 * width, 4 * width, 4 * width, 8 * width]
+
+
+class Generator(nn.Module):
+    """Latent vector → piano roll in (0, 1): six transposed convolutions, attention after the fourth.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        Sample shape ``(tracks, time, pitch)``; must pass :func:`check_shape`.
+    latent_dim : int
+        Size of the latent vector.
+    width : int
+        Channel multiplier; the last hidden layer has ``width`` channels, the first ``8 * width``.
+    """
+
+    def __init__(self, shape: Sequence[int], latent_dim: int, width: int):
+        super().__init__()
+        plan = layer_plan(shape)
+        self.shape = plan.shape
+        self.latent_dim = latent_dim
+        channels = _generator_channels(width)
+        layers: list[nn.Module] = [self._block(latent_dim, channels[0], plan.initial, (1, 1), 0)]
+        ins = channels
+        outs = channels[1:] + [plan.tracks]
+        for i, (c_in, c_out, stride) in enumerate(zip(ins, outs, plan.strides, strict=True)):
+            kernel = (stride[0] + 2, stride[1] + 2)
+            last = i == len(plan.strides) - 1
+            if last:
+                layers.append(nn.Sequential(nn.ConvTranspose2d(c_in, c_out, kernel, stride, 1), nn.Sigmoid()))
+            else:
+                layers.append(self._block(c_in, c_out, kernel, stride, 1))
+            if i == 2:  # after layer 4 (layers 2, 3, 4 are i = 0, 1, 2)
+                layers.append(SelfAttention(c_out))
+        self.net = nn.Sequential(*layers)
+
+    @staticmethod
+    def _block(c_in: int, c_out: int, kernel, stride, padding: int) -> nn.Sequential:
+        # No bias: BatchNorm's shift replaces it.
+        return nn.Sequential(
+            nn.ConvTranspose2d(c_in, c_out, kernel, stride, padding, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.PReLU(c_out),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Map ``z`` of shape ``(N, latent_dim)`` to samples ``(N, tracks, time, pitch)`` in (0, 1)."""
+        return self.net(z.view(z.shape[0], self.latent_dim, 1, 1))
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "layer":
+        # Normalizes each sample over (C, H, W), so one sample's score never depends on the others and
+        # the per-sample gradient penalty stays valid (WGAN-GP §4).
+        return nn.GroupNorm(1, channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"critic norm {kind!r} is not one of 'batch', 'layer', 'none'")
+
+
+class Critic(nn.Module):
+    """Piano roll → one unbounded score per sample: five convolutions, attention after the third.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        Sample shape ``(tracks, time, pitch)``; must pass :func:`check_shape`.
+    width : int
+        Channels of the first convolution; the last has ``8 * width``.
+    norm : {"batch", "layer", "none"}
+        Normalization after each convolution. "batch" is the seed's, but it makes a sample's score
+        depend on the rest of its batch, which the per-sample gradient penalty assumes it does not.
+    dropout : float
+        Dropout before the final linear layer.
+    """
+
+    def __init__(self, shape: Sequence[int], width: int, norm: str = "layer", dropout: float = 0.3):
+        super().__init__()
+        plan = layer_plan(shape)
+        self.shape = plan.shape
+        self.norm = norm
+        channels = _critic_channels(width)
+        layers: list[nn.Module] = []
+        c_in = plan.tracks
+        for i, (c_out, stride) in enumerate(zip(channels, plan.strides[::-1], strict=True)):
+            kernel = (stride[0] + 2, stride[1] + 2)
+            layers += [
+                nn.Conv2d(c_in, c_out, kernel, stride, 1, bias=norm == "none"),
+                _norm(norm, c_out),
+                nn.PReLU(c_out),
+            ]
+            if i == 2:
+                layers.append(SelfAttention(c_out))
+            c_in = c_out
+        self.body = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(c_in * plan.initial[0] * plan.initial[1], 1)
+
+    def _score(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.body(x).flatten(1))).squeeze(1)
+
+    def forward(self, x: torch.Tensor, full_precision: bool = False) -> torch.Tensor:
+        """Score ``x`` of shape ``(N, tracks, time, pitch)``; returns ``(N,)``.
+
+        With ``full_precision=True`` the critic runs in float32 even inside an autocast region (the
+        gradient penalty's pass). The inner ``autocast(enabled=False)`` is needed because wrappers such
+        as accelerate's ``prepare()`` enter autocast inside ``forward``, where an outer disable is lost.
+        """
+        if not full_precision:
+            return self._score(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self._score(x.float())
+
+
+def build_models(cfg, shape: Sequence[int]) -> tuple[Generator, Critic]:
+    """Build the generator and critic for ``shape`` from ``cfg.model``.
+
+    Parameters
+    ----------
+    cfg : b2b.config.Config
+        Uses ``model.latent_dim``, ``g_width``, ``d_width``, ``critic_norm``, ``dropout`` and
+        ``sync_batchnorm`` (BatchNorm layers become SyncBatchNorm; the config refuses it for a critic
+        with the gradient penalty).
+    shape : sequence of int
+        ``(tracks, time, pitch)``.
+
+    Returns
+    -------
+    (Generator, Critic)
+    """
+    m = cfg.model
+    check_shape(shape)
+    generator = Generator(shape, m.latent_dim, m.g_width)
+    critic = Critic(shape, m.d_width, norm=m.critic_norm, dropout=m.dropout)
+    if m.sync_batchnorm:
+        generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
+        critic = nn.SyncBatchNorm.convert_sync_batchnorm(critic)
+    return generator, critic

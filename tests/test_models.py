@@ -1,0 +1,191 @@
+"""The networks: shape planning and refusals, layer shapes, normalization, attention, sizes."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from b2b.config import load_config, validate_for_training
+from b2b.errors import ConfigError, ShapeError
+from b2b.models import (
+    MAX_INITIAL,
+    Critic,
+    Generator,
+    SelfAttention,
+    build_models,
+    check_shape,
+    layer_plan,
+)
+
+DEMO = (4, 64, 48)
+LPD5 = (5, 192, 84)
+LPD17 = (17, 192, 84)
+
+
+def _producible(size: int) -> bool:
+    """Independent statement of the rule: size = d0 × 2^a × 3^b, d0 <= 16, in at most five strides from
+    {1, 2, 3, 4} (each 3 takes a stride, 2s pair up into 4s)."""
+    for d0 in range(1, MAX_INITIAL + 1):
+        if size % d0:
+            continue
+        rest, a, b = size // d0, 0, 0
+        while rest % 2 == 0:
+            rest, a = rest // 2, a + 1
+        while rest % 3 == 0:
+            rest, b = rest // 3, b + 1
+        if rest == 1 and b + math.ceil(a / 2) <= 5:
+            return True
+    return False
+
+
+def test_plan_of_the_known_shapes():
+    demo = layer_plan(DEMO)
+    assert demo.initial == (2, 1)
+    assert demo.generator_grids() == [(2, 1), (4, 2), (8, 4), (16, 8), (32, 16), (64, 48)]
+    assert demo.critic_grids() == [(32, 16), (16, 8), (8, 4), (4, 2), (2, 1)]
+    lpd = layer_plan(LPD17)
+    assert lpd.initial == (6, 7)  # 192 = 6 × 2^5 (only stride 2); 84 = 7 × 1 × 1 × 2 × 2 × 3
+    assert lpd.time.strides == (2, 2, 2, 2, 2)
+    assert lpd.pitch.strides == (1, 1, 2, 2, 3)
+    assert lpd.generator_grids()[-1] == (192, 84)
+
+
+def test_every_size_up_to_600_is_planned_or_refused_as_the_rule_says():
+    for size in range(1, 601):
+        if _producible(size):
+            plan = layer_plan((1, size, 12))
+            assert plan.time.sizes()[-1] == size and plan.time.initial <= MAX_INITIAL
+            assert all(s in (1, 2, 3, 4) for s in plan.time.strides)
+        else:
+            with pytest.raises(ShapeError, match=f"time size {size};"):
+                check_shape((1, size, 12))
+
+
+@pytest.mark.parametrize("shape", [DEMO, LPD5, LPD17, (1, 16, 12), (3, 96, 72), (2, 7, 5), (4, 99, 104)])
+def test_networks_produce_and_take_the_shape(shape):
+    torch.manual_seed(0)
+    g = Generator(shape, latent_dim=8, width=2)
+    d = Critic(shape, width=2)
+    with torch.no_grad():
+        x = g(torch.randn(3, 8))
+    assert x.shape == (3, *shape)
+    assert float(x.min()) > 0 and float(x.max()) < 1  # sigmoid
+    assert d(x).shape == (3,)
+
+
+def test_refusal_names_axis_size_rule_and_nearest_sizes():
+    with pytest.raises(ShapeError) as info:
+        check_shape((4, 64, 100))
+    msg = str(info.value)
+    assert "pitch size 100" in msg and "d0 <= 16" in msg and "{1, 2, 3, 4}" in msg
+    assert "Nearest producible pitch sizes: 99 and 104" in msg  # 101, 103 prime; 102 = 6 × 17
+    with pytest.raises(ShapeError, match=r"time size 34;.*sizes: 33 and 36"):
+        check_shape((4, 34, 48))
+    with pytest.raises(ShapeError, match="positive sizes"):
+        check_shape((4, 0, 48))
+
+
+def test_config_validation_refuses_a_shape_before_any_convolution(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"shape": [4, 64, 100]}))
+    cfg = load_config(None, [f"data.shards={tmp_path}"])
+    with pytest.raises(ShapeError, match="pitch size 100"):
+        validate_for_training(cfg)
+
+
+def test_sync_batchnorm_with_the_penalty_is_refused():
+    with pytest.raises(ConfigError, match="no double backward"):
+        load_config(None, ["model.sync_batchnorm=true", "model.critic_norm=batch"])
+    # Without the penalty (or with a per-sample norm) the combination is allowed.
+    load_config(None, ["model.sync_batchnorm=true", "model.critic_norm=batch", "loss.gp_lambda=0"])
+    load_config(None, ["model.sync_batchnorm=true", "model.critic_norm=layer"])
+
+
+def test_build_models_uses_the_config():
+    cfg = load_config(None, ["model.latent_dim=7", "model.g_width=3", "model.d_width=5", "model.dropout=0.1"])
+    g, d = build_models(cfg, DEMO)
+    assert g.latent_dim == 7 and g.shape == DEMO and d.shape == DEMO
+    assert g.net[0][0].in_channels == 7 and g.net[0][0].out_channels == 8 * 3
+    assert d.body[0].out_channels == 5 and d.dropout.p == 0.1
+    assert isinstance(d.body[1], torch.nn.GroupNorm)  # default critic_norm = layer
+    with pytest.raises(ShapeError):
+        build_models(cfg, (4, 64, 100))
+
+
+def test_layer_norm_scores_each_sample_alone_batch_norm_does_not():
+    # Why batch norm conflicts with the per-sample penalty: in training mode a sample's score (and
+    # so its gradient) depends on the other samples of the batch.
+    torch.manual_seed(0)
+    x = torch.rand(4, *DEMO)
+    y = x.clone()
+    y[1:] = torch.rand(3, *DEMO)
+    for norm, independent in (("layer", True), ("none", True), ("batch", False)):
+        d = Critic(DEMO, width=4, norm=norm, dropout=0.0).train()
+        same = torch.allclose(d(x)[0], d(y)[0], rtol=1e-5, atol=1e-6)
+        assert same == independent, norm
+
+
+def test_self_attention_matches_a_hand_written_one():
+    torch.manual_seed(0)
+    att = SelfAttention(16)
+    x = torch.randn(2, 16, 3, 5)
+    assert float(att.gamma) == 0.0 and torch.equal(att(x), x)  # identity at initialization
+    with torch.no_grad():
+        att.gamma.fill_(0.7)
+    q, k, v = att.query(x), att.key(x), att.value(x)  # (N, 2, 3, 5), (N, 2, 3, 5), (N, 16, 3, 5)
+    expected = torch.empty_like(x)
+    for n in range(2):
+        for i in range(15):
+            qi = q[n].flatten(1)[:, i]
+            weights = torch.softmax(
+                q.new_tensor([qi @ k[n].flatten(1)[:, j] / math.sqrt(2) for j in range(15)]), 0
+            )
+            expected[n].view(16, 15)[:, i] = x[n].view(16, 15)[:, i] + 0.7 * (v[n].flatten(1) @ weights)
+    torch.testing.assert_close(att(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_gamma_starts_at_zero_and_moves_in_training():
+    from b2b.losses import critic_loss, generator_loss
+
+    torch.manual_seed(0)
+    g, d = Generator(DEMO, 8, 2), Critic(DEMO, 2)
+    gammas = [m.gamma for m in (*g.modules(), *d.modules()) if isinstance(m, SelfAttention)]
+    assert len(gammas) == 2 and all(float(p) == 0.0 for p in gammas)
+    opt_g = torch.optim.Adam(g.parameters(), 1e-3)
+    opt_d = torch.optim.Adam(d.parameters(), 1e-3)
+    real = (torch.rand(4, *DEMO) > 0.9).float()
+    critic_loss(d, real, g(torch.randn(4, 8)), gp_lambda=10).total.backward()
+    opt_d.step()
+    opt_g.zero_grad()
+    generator_loss(d, g(torch.randn(4, 8))).backward()
+    opt_g.step()
+    assert all(float(p) != 0.0 for p in gammas)
+
+
+def test_parameter_counts_demo_and_wide():
+    g, d = Generator(DEMO, 128, 32), Critic(DEMO, 32)  # the default config on the demo corpus
+    n_g = sum(p.numel() for p in g.parameters())
+    n_d = sum(p.numel() for p in d.parameters())
+    assert 0.8e6 < n_g < 1.3e6 and 0.8e6 < n_d < 1.3e6
+    with torch.device("meta"):  # count without allocating
+        g, d = Generator(LPD17, 512, 512), Critic(LPD17, 512)
+    assert sum(p.numel() for p in g.parameters()) > 2e8 and sum(p.numel() for p in d.parameters()) > 1.5e8
+
+
+def test_full_precision_survives_an_autocast_wrapped_forward():
+    # accelerate's prepare() wraps forward in autocast; the critic's inner disable must still win.
+    d = Critic(DEMO, 4, dropout=0.0)
+    d.forward = torch.autocast("cpu", dtype=torch.bfloat16)(d.forward)
+    x = torch.rand(2, *DEMO)
+    assert d(x).dtype == torch.bfloat16
+    assert d(x, full_precision=True).dtype == torch.float32
+
+
+def test_same_seed_same_networks_bit_for_bit():
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        g, d = Generator(DEMO, 8, 2), Critic(DEMO, 2)
+        x = g(torch.randn(2, 8))
+        outs.append((x, d(x)))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
