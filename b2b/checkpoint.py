@@ -107,6 +107,22 @@ def set_rng_state(state: Mapping) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def weights_digest(modules: Mapping[str, nn.Module]) -> str:
+    """SHA-256 of every tensor of ``modules``' state dicts, in order: equal digests, equal weights.
+
+    Each rank stores the digest of its own copy in its rank file, so a checkpoint shows that all ranks
+    held the same model (a rank that drifted apart would be visible).
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, module in modules.items():
+        for key, tensor in module.state_dict().items():
+            digest.update(f"{name}.{key}".encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 # ---------------------------------------------------------------------------------------------------
 # Saving
 
@@ -225,12 +241,15 @@ def check_compatible(meta: Mapping, cfg: Config, path: Path) -> None:
                 diffs.append(f"{section}.{key}: checkpoint {saved[section].get(key)!r}, config {value!r}")
     for section, key in INCOMPATIBLE_KEYS:
         if saved[section].get(key) != now[section][key]:
-            diffs.append(f"{section}.{key}: checkpoint {saved[section].get(key)!r}, config {now[section][key]!r}")
+            diffs.append(
+                f"{section}.{key}: checkpoint {saved[section].get(key)!r}, config {now[section][key]!r}"
+            )
     if diffs:
         raise CheckpointError(
             f"cannot resume from {path}: the config changes what the checkpoint holds ("
             + "; ".join(diffs)
-            + "). Use the checkpoint's settings, or start a new run (another name= or checkpoint.resume=never)"
+            + "). Use the checkpoint's settings, or start a new run "
+            "(another name= or checkpoint.resume=never)"
         )
 
 
@@ -301,7 +320,9 @@ def _load_exported(path: Path) -> tuple[nn.Module, RollSpec, Config]:
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
     if "b2b_config" not in metadata:
-        raise CheckpointError(f"{path} is not a b2b export (no b2b_config metadata); make one with `b2b export`")
+        raise CheckpointError(
+            f"{path} is not a b2b export (no b2b_config metadata); make one with `b2b export`"
+        )
     cfg = config_from_dict(json.loads(metadata["b2b_config"]), f" (config in {path})")
     spec = RollSpec.from_dict(json.loads(metadata["b2b_spec"]))
     generator, _ = build_models(cfg, spec.shape)

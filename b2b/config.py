@@ -286,7 +286,9 @@ def _check_consistency(cfg: Config) -> None:
     if len(cfg.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
         raise ConfigError(f"optim.betas: expected two numbers in [0, 1), got {cfg.optim.betas}")
     if cfg.data.shape is not None and (len(cfg.data.shape) != 3 or min(cfg.data.shape) < 1):
-        raise ConfigError(f"data.shape: expected [tracks, time, pitch] of positive sizes, got {cfg.data.shape}")
+        raise ConfigError(
+            f"data.shape: expected [tracks, time, pitch] of positive sizes, got {cfg.data.shape}"
+        )
     if cfg.train.steps == 0 and cfg.train.epochs == 0:
         raise ConfigError("train.steps and train.epochs are both 0: set one of them to the length of the run")
     if cfg.model.sync_batchnorm and cfg.model.critic_norm == "batch" and cfg.loss.gp_lambda > 0:

@@ -60,8 +60,14 @@ class Net:
         Disabled unless the precision is fp16.
     """
 
-    def __init__(self, module: nn.Module, wrapped: nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler):
+    def __init__(
+        self,
+        module: nn.Module,
+        wrapped: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        scaler: torch.amp.GradScaler,
+    ):
         self.module = module
         self.wrapped = wrapped
         self.optimizer = optimizer

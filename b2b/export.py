@@ -8,7 +8,9 @@ from b2b.checkpoint import export_generator, read_meta, resolve_checkpoint
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint folder or a run folder (its latest)")
+    parser.add_argument(
+        "--checkpoint", required=True, help="a checkpoint folder or a run folder (its latest)"
+    )
     parser.add_argument("--out", required=True, help="output file, e.g. generator.safetensors")
     parser.add_argument("--no-ema", action="store_true", help="export the raw generator instead of the EMA")
 

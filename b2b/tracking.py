@@ -55,8 +55,9 @@ def tracker_settings(cfg: Config, run_path: Path) -> tuple[str | None, dict]:
 class RunLog:
     """Rank 0's view of a run: progress bar, metrics.jsonl and the experiment tracker."""
 
-    def __init__(self, cfg: Config, run_path: Path, accelerator: Any, total_steps: int, start_step: int,
-                 enabled: bool):
+    def __init__(
+        self, cfg: Config, run_path: Path, accelerator: Any, total_steps: int, start_step: int, enabled: bool
+    ):
         self.enabled = enabled
         self.cfg = cfg
         self.run_path = run_path
@@ -66,8 +67,14 @@ class RunLog:
             return
         self.metrics_path = run_path / "metrics.jsonl"
         _truncate_after(self.metrics_path, start_step)
-        self.bar = tqdm(total=total_steps, initial=start_step, desc=cfg.name, unit="step",
-                        disable=not cfg.log.progress, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total_steps,
+            initial=start_step,
+            desc=cfg.name,
+            unit="step",
+            disable=not cfg.log.progress,
+            dynamic_ncols=True,
+        )
 
     def write(self, step: int, values: Mapping[str, float], show: Mapping[str, str] | None = None) -> None:
         """Append one line to metrics.jsonl, send it to the tracker, and refresh the progress bar."""
@@ -112,8 +119,13 @@ class RunLog:
         if self.cfg.log.tracker == "wandb":
             import wandb
 
-            tracker.log({"snapshot": wandb.Image(str(png)),
-                         "snapshot_audio": wandb.Audio(audio, sample_rate=sample_rate)}, step=step)
+            tracker.log(
+                {
+                    "snapshot": wandb.Image(str(png)),
+                    "snapshot_audio": wandb.Audio(audio, sample_rate=sample_rate),
+                },
+                step=step,
+            )
         else:
             from PIL import Image
 
@@ -135,7 +147,9 @@ def _truncate_after(path: Path, step: int) -> None:
     """Drop metrics.jsonl lines past ``step``: a resumed run rewrites them, so each step appears once."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+    kept = [
+        line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step
+    ]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)

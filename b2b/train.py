@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -41,6 +42,10 @@ from b2b.spec import RollSpec
 from b2b.tracking import RunLog, tracker_settings
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+
+# Under fp16 the loss scaler skips the first optimizer steps (scale too high) by design; torch then warns
+# that the scheduler stepped before the optimizer. Skipped steps are counted and logged instead.
+warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
 
 
 class NonFiniteLoss(B2BError):
@@ -115,8 +120,13 @@ class Trainer:
         self.stop.install()
 
         self.loader = TrainLoader(
-            cfg.data.shards, batch_size=cfg.data.batch_size, rank=self.rank, world_size=self.world_size,
-            seed=cfg.train.seed, num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer,
+            cfg.data.shards,
+            batch_size=cfg.data.batch_size,
+            rank=self.rank,
+            world_size=self.world_size,
+            seed=cfg.train.seed,
+            num_workers=cfg.data.num_workers,
+            shuffle_buffer=cfg.data.shuffle_buffer,
         )
         batches_per_step = cfg.loss.n_critic * cfg.train.grad_accum
         self.steps_per_epoch = self.loader.batches_per_epoch // batches_per_step
@@ -143,7 +153,9 @@ class Trainer:
         self._resume()
         self.log = RunLog(cfg, self.run_path, self.accelerator, self.total_steps, self.step, self.is_main)
         if log_with is not None:
-            self.accelerator.init_trackers(cfg.log.project, config=cfg.to_dict(), init_kwargs=self.tracker_init)
+            self.accelerator.init_trackers(
+                cfg.log.project, config=cfg.to_dict(), init_kwargs=self.tracker_init
+            )
         self.fixed_latents = torch.randn(
             cfg.log.n_snapshot, cfg.model.latent_dim, generator=torch.Generator().manual_seed(cfg.train.seed)
         )
@@ -162,7 +174,9 @@ class Trainer:
         nets = []
         for module, lr in ((generator, cfg.optim.g_lr), (critic, cfg.optim.d_lr)):
             optimizer = torch.optim.Adam(module.parameters(), lr=lr, betas=tuple(cfg.optim.betas))
-            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=decay_steps, gamma=cfg.optim.lr_decay)
+            scheduler = torch.optim.lr_scheduler.StepLR(
+                optimizer, step_size=decay_steps, gamma=cfg.optim.lr_decay
+            )
             wrapped = self.accelerator.prepare_model(module)
             nets.append(Net(module, wrapped, optimizer, scheduler, self.precision.make_scaler()))
         return nets[0], nets[1]
@@ -171,8 +185,11 @@ class Trainer:
         cfg = self.cfg
         if cfg.checkpoint.resume == "never":
             return
-        source = ckpt.latest_checkpoint(self.run_path) if cfg.checkpoint.resume == "auto" else \
-            ckpt.resolve_checkpoint(cfg.checkpoint.resume)
+        source = (
+            ckpt.latest_checkpoint(self.run_path)
+            if cfg.checkpoint.resume == "auto"
+            else ckpt.resolve_checkpoint(cfg.checkpoint.resume)
+        )
         if source is None:
             return
         meta = ckpt.read_meta(source)
@@ -188,8 +205,11 @@ class Trainer:
         self.critic_updates = meta["critic_updates"]
         self.best_distance = meta.get("best_distance", math.inf)
         if self.is_main:
-            note = "" if meta["world_size"] == self.world_size else \
-                f" (saved with {meta['world_size']} ranks, now {self.world_size}: RNG streams restart)"
+            note = (
+                ""
+                if meta["world_size"] == self.world_size
+                else f" (saved with {meta['world_size']} ranks, now {self.world_size}: RNG streams restart)"
+            )
             print(f"resumed from {source} at step {self.step}{note}", flush=True)
 
     # ------------------------------------------------------------------------------------------------
@@ -207,7 +227,8 @@ class Trainer:
         cfg = self.cfg
         self.g.module.requires_grad_(False)
         self.d.module.requires_grad_(True)
-        sums = dict.fromkeys(("d_loss", "wasserstein", "penalty", "grad_norm_x"), 0.0)
+        # Statistics stay on the device until the one all-reduce per step (no host sync per micro-batch).
+        sums: dict[str, torch.Tensor] = {}
         for _ in range(cfg.loss.n_critic):
             self.critic_updates += 1
             # Lazy penalty (StyleGAN2): every k-th update, weighted by k, so its average weight is unchanged.
@@ -219,12 +240,22 @@ class Trainer:
                     fake = self.g.module(self.latents(real.shape[0]))
                 with self.d.accumulating(sync=micro == cfg.train.grad_accum - 1):
                     with self.precision.autocast():
-                        loss = critic_loss(self.d, real, fake, gp_lambda=cfg.loss.gp_lambda,
-                                           gp_weight=gp_weight, loss_scale=self.d.loss_scale())
+                        loss = critic_loss(
+                            self.d,
+                            real,
+                            fake,
+                            gp_lambda=cfg.loss.gp_lambda,
+                            gp_weight=gp_weight,
+                            loss_scale=self.d.loss_scale(),
+                        )
                     self.d.backward(loss.total / cfg.train.grad_accum)
-                for key, value in (("d_loss", loss.total), ("wasserstein", loss.wasserstein),
-                                   ("penalty", loss.penalty), ("grad_norm_x", loss.grad_norm)):
-                    sums[key] += float(value) / cfg.train.grad_accum
+                for key, value in (
+                    ("d_loss", loss.total),
+                    ("wasserstein", loss.wasserstein),
+                    ("penalty", loss.penalty),
+                    ("grad_norm_x", loss.grad_norm),
+                ):
+                    sums[key] = sums.get(key, 0.0) + value.detach().float() / cfg.train.grad_accum
             self.d.step()
         return {k: v / cfg.loss.n_critic for k, v in sums.items()}
 
@@ -233,14 +264,14 @@ class Trainer:
         cfg = self.cfg
         self.d.module.requires_grad_(False)
         self.g.module.requires_grad_(True)
-        g_loss = 0.0
+        g_loss = torch.zeros((), device=self.device)
         for micro in range(cfg.train.grad_accum):
             with self.g.accumulating(sync=micro == cfg.train.grad_accum - 1):
                 with self.precision.autocast():
                     fake = self.g(self.latents(cfg.data.batch_size))
                     loss = generator_loss(self.d.module, fake)
                 self.g.backward(loss / cfg.train.grad_accum)
-            g_loss += float(loss) / cfg.train.grad_accum
+            g_loss += loss.detach().float() / cfg.train.grad_accum
         self.g.step()
         return {"g_loss": g_loss}
 
@@ -256,67 +287,88 @@ class Trainer:
     # The run
 
     def run(self) -> int:
+        """Train to ``total_steps`` or until a stop signal; returns the process exit code."""
+        self.start()
+        while self.step < self.total_steps:
+            stopped_by = self.train_step()
+            if stopped_by:
+                name = signal.Signals(stopped_by).name
+                self.log.message(
+                    f"stopped by {name} at step {self.step}; checkpoint saved. "
+                    "Resume by running the same command again."
+                )
+                self._write_status("interrupted", signal=name)
+                self.log.close()
+                return 0
+        self.finish()
+        return 0
+
+    def start(self) -> None:
         cfg = self.cfg
         if self.is_main:
-            self.cfg.dump(self.run_path / "config.yaml")
+            cfg.dump(self.run_path / "config.yaml")
             global_batch = cfg.data.batch_size * self.world_size * cfg.train.grad_accum
             self.log.message(
                 f"b2b: {self.world_size} rank(s) on {self.device.type}, precision {cfg.train.precision}, "
                 f"global batch {global_batch} = {cfg.data.batch_size} per device × {self.world_size} ranks × "
-                f"{cfg.train.grad_accum} accumulation; {self.steps_per_epoch} steps per epoch; "
-                f"run folder {self.run_path}"
+                f"{cfg.train.grad_accum} accumulation; {self.steps_per_epoch} steps per epoch, "
+                f"{self.total_steps} steps; run folder {self.run_path}"
             )
         self._write_status("running")
         if self.step == 0:
             self.music_metrics()
         self.batches = iter(self.loader)
-        window_start, window_steps = time.perf_counter(), 0
-        last = {}
-        stopped_by = 0
-        while self.step < self.total_steps:
-            stats = self.critic_phase()
-            stats.update(self.generator_phase())
-            self.bookkeeping()
-            stopped_by, stats = self._agree(stats)
-            window_steps += 1
-            self.log.advance()
-            if self.step % cfg.log.every == 0 or self.step == self.total_steps:
-                elapsed = time.perf_counter() - window_start
-                samples = window_steps * cfg.loss.n_critic * cfg.train.grad_accum * cfg.data.batch_size
-                last = self._log_step(stats, samples * self.world_size / max(elapsed, 1e-9))
-                window_start, window_steps = time.perf_counter(), 0
-            if cfg.log.snapshot_every and self.step % cfg.log.snapshot_every == 0:
-                self.snapshot()
-            if cfg.log.metrics_every and self.step % cfg.log.metrics_every == 0:
-                self.music_metrics()
-            if stopped_by or (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0):
-                self.save()
-            if stopped_by:
-                self.log.message(f"stopped by {signal.Signals(stopped_by).name} at step {self.step}; "
-                                 f"checkpoint saved. Resume by running the same command again.")
-                self._write_status("interrupted", signal=signal.Signals(stopped_by).name)
-                self.log.close()
-                return 0
+        self._window = (time.perf_counter(), 0)
+
+    def train_step(self) -> int:
+        """One step and everything periodic after it; returns the stop signal number (0: go on)."""
+        cfg = self.cfg
+        stats = self.critic_phase()
+        stats.update(self.generator_phase())
+        self.bookkeeping()
+        stopped_by, stats = self._agree(stats)
+        self.log.advance()
+        window_start, window_steps = self._window
+        window_steps += 1
+        if self.step % cfg.log.every == 0 or self.step == self.total_steps:
+            elapsed = time.perf_counter() - window_start
+            samples = window_steps * cfg.loss.n_critic * cfg.train.grad_accum * cfg.data.batch_size
+            self.last_logged = self._log_step(stats, samples * self.world_size / max(elapsed, 1e-9))
+            window_start, window_steps = time.perf_counter(), 0
+        self._window = (window_start, window_steps)
+        if cfg.log.snapshot_every and self.step % cfg.log.snapshot_every == 0:
+            self.snapshot()
+        if cfg.log.metrics_every and self.step % cfg.log.metrics_every == 0:
+            self.music_metrics()
+        if stopped_by or (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0):
+            self.save()
+        return stopped_by
+
+    def finish(self) -> None:
+        cfg = self.cfg
         self.save()
         if not cfg.log.snapshot_every or self.step % cfg.log.snapshot_every:
             self.snapshot()
         if not cfg.log.metrics_every or self.step % cfg.log.metrics_every:
             self.music_metrics()
-        self._write_status("finished", **{k: v for k, v in last.items() if k in ("wasserstein", "d_loss", "g_loss")})
+        last = getattr(self, "last_logged", {})
+        self._write_status(
+            "finished", **{k: v for k, v in last.items() if k in ("wasserstein", "d_loss", "g_loss")}
+        )
         self.log.close()
         self.accelerator.end_training()
-        return 0
 
     def _agree(self, stats: dict) -> tuple[int, dict]:
         """One all-reduce per step: mean losses across ranks, any rank's stop signal, any non-finite loss."""
         keys = sorted(stats)
-        values = torch.tensor([float(self.stop.signal), *(stats[k] for k in keys)], dtype=torch.float64,
-                              device=self.device)
+        stop = torch.tensor(float(self.stop.signal), device=self.device)
+        values = torch.stack([stop, *(stats[k].reshape(()) for k in keys)]).double()
         if self.world_size > 1:
             dist.all_reduce(values)
+        values = values.tolist()  # the statistics cross to the host once per step
         # Ranks that got no signal themselves stop too, reporting SIGTERM.
-        stop_signal = (self.stop.signal or int(signal.SIGTERM)) if values[0].item() > 0 else 0
-        mean = {k: float(v) / self.world_size for k, v in zip(keys, values[1:].tolist(), strict=True)}
+        stop_signal = (self.stop.signal or int(signal.SIGTERM)) if values[0] > 0 else 0
+        mean = {k: v / self.world_size for k, v in zip(keys, values[1:], strict=True)}
         if not all(math.isfinite(v) for v in mean.values()):
             bad = ", ".join(f"{k}={v}" for k, v in mean.items() if not math.isfinite(v))
             last = ckpt.latest_checkpoint(self.run_path)
@@ -337,8 +389,14 @@ class Trainer:
             "skipped_d": self.d.skipped_steps,
             "epoch": self.loader.epoch,
         }
-        show = {"D": f"{stats['d_loss']:.3f}", "G": f"{stats['g_loss']:.3f}", "W": f"{stats['wasserstein']:.3f}",
-                "GP": f"{stats['penalty']:.3f}", "lr": f"{self.g.lr:.1e}", "smp/s": f"{samples_per_s:.0f}"}
+        show = {
+            "D": f"{stats['d_loss']:.3f}",
+            "G": f"{stats['g_loss']:.3f}",
+            "W": f"{stats['wasserstein']:.3f}",
+            "GP": f"{stats['penalty']:.3f}",
+            "lr": f"{self.g.lr:.1e}",
+            "smp/s": f"{samples_per_s:.0f}",
+        }
         self.log.write(self.step, values, show)
         return values
 
@@ -363,9 +421,12 @@ class Trainer:
         if not cfg.log.metrics_every:
             return
         per_rank = math.ceil(cfg.log.metrics_n / self.world_size)
-        latents = torch.randn(per_rank * self.world_size, cfg.model.latent_dim,
-                              generator=torch.Generator().manual_seed(cfg.train.seed + 1))
-        mine = torch.from_numpy(self.generate(latents[self.rank * per_rank:(self.rank + 1) * per_rank]))
+        latents = torch.randn(
+            per_rank * self.world_size,
+            cfg.model.latent_dim,
+            generator=torch.Generator().manual_seed(cfg.train.seed + 1),
+        )
+        mine = torch.from_numpy(self.generate(latents[self.rank * per_rank : (self.rank + 1) * per_rank]))
         rolls = self.accelerator.gather(mine.to(self.device)).cpu().numpy()
         if not self.is_main:
             return
@@ -374,8 +435,10 @@ class Trainer:
         generated = music_metrics(rolls, self.spec)
         distance = distance_to_real(generated, self.real_metrics)
         self.log.write(self.step, {"distance_to_real": distance, **_flatten("music", generated)})
-        self.log.message(f"step {self.step}: music distance to real {distance:.4f} "
-                         f"(polyphony {generated.get('polyphony')} vs real {self.real_metrics.get('polyphony')})")
+        self.log.message(
+            f"step {self.step}: music distance to real {distance:.4f} "
+            f"(polyphony {generated.get('polyphony')} vs real {self.real_metrics.get('polyphony')})"
+        )
         self.last_distance = distance
 
     def _real_metrics(self) -> dict:
@@ -411,13 +474,22 @@ class Trainer:
             "spec": self.spec.to_dict(),
             "time": time.time(),
         }
-        barrier = self.accelerator.wait_for_everyone
+        models = {"generator": self.g.module, "critic": self.d.module, "ema": self.ema}
         folder = ckpt.save_checkpoint(
-            self.run_path, self.step, rank=self.rank, world_size=self.world_size, barrier=barrier,
-            models={"generator": self.g.module, "critic": self.d.module, "ema": self.ema},
+            self.run_path,
+            self.step,
+            rank=self.rank,
+            world_size=self.world_size,
+            barrier=self.accelerator.wait_for_everyone,
+            models=models,
             nets={"generator": self.g, "critic": self.d},
-            rank_state={"rng": ckpt.rng_state(), "data": self.loader.state_dict()},
-            meta=meta, keep=cfg.checkpoint.keep,
+            rank_state={
+                "rng": ckpt.rng_state(),
+                "data": self.loader.state_dict(),
+                "weights_sha256": ckpt.weights_digest(models),
+            },
+            meta=meta,
+            keep=cfg.checkpoint.keep,
         )
         if is_best:
             ckpt.copy_as(folder, "best")
@@ -460,6 +532,10 @@ def main(argv: list[str] | None = None) -> int:
         if trainer is not None:
             trainer._write_status("failed", error=str(exc))
         return 1
+    except BaseException as exc:  # unexpected: keep the traceback, but leave a truthful status behind
+        if trainer is not None:
+            trainer._write_status("failed", error=repr(exc))
+        raise
 
 
 if __name__ == "__main__":
