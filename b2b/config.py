@@ -160,7 +160,8 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
+        is_null = value is None or (isinstance(value, str) and value.strip() in ("null", "~"))
+        if type(None) in args and is_null:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(key, value, inner[0], meta)
@@ -248,7 +249,7 @@ def parse_overrides(overrides: list[str]) -> dict:
         parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = None if raw.strip().lower() in ("null", "none", "~") else raw
+        node[parts[-1]] = raw  # typed by _coerce against the field (so "none" stays a string where valid)
     return nested
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from b2b.models import autocast_disabled
+
 
 @dataclass
 class CriticLoss:
@@ -79,8 +81,7 @@ def gradient_penalty(
         The differentiable penalty (0-dim float32) and the detached mean gradient norm.
     """
     n = real.shape[0]
-    device_type = real.device.type
-    with torch.autocast(device_type=device_type, enabled=False):
+    with autocast_disabled(real.device.type):
         if eps is None:
             eps = torch.rand(n, device=real.device)
         eps = eps.to(device=real.device, dtype=torch.float32).reshape(n, *([1] * (real.dim() - 1)))

@@ -11,6 +11,7 @@ that end on the same initial grid, then flatten, dropout and a linear layer to o
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
@@ -163,6 +164,17 @@ def check_shape(shape: Sequence[int]) -> None:
     layer_plan(shape)
 
 
+def autocast_disabled(device_type: str) -> contextlib.AbstractContextManager:
+    """A region where autocast is off (float32 compute), also inside an enclosing autocast region.
+
+    Devices without autocast (``meta``, used to count parameters and FLOPs without allocating) get a
+    no-op context.
+    """
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 class SelfAttention(nn.Module):
     """Self-attention over the positions of a feature map (SAGAN), added to the input.
 
@@ -293,11 +305,8 @@ class Critic(nn.Module):
         c_in = plan.tracks
         for i, (c_out, stride) in enumerate(zip(channels, plan.strides[::-1], strict=True)):
             kernel = (stride[0] + 2, stride[1] + 2)
-            layers += [
-                nn.Conv2d(c_in, c_out, kernel, stride, 1, bias=norm == "none"),
-                _norm(norm, c_out),
-                nn.PReLU(c_out),
-            ]
+            conv = nn.Conv2d(c_in, c_out, kernel, stride, 1, bias=norm == "none")  # norms have a shift
+            layers.append(nn.Sequential(conv, _norm(norm, c_out), nn.PReLU(c_out)))
             if i == 2:
                 layers.append(SelfAttention(c_out))
             c_in = c_out
@@ -317,7 +326,7 @@ class Critic(nn.Module):
         """
         if not full_precision:
             return self._score(x)
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with autocast_disabled(x.device.type):
             return self._score(x.float())
 
 

@@ -100,7 +100,6 @@ def save_roll_grid(rolls: np.ndarray, spec: RollSpec, path: str | Path, title: s
         ``path``, written atomically.
     """
     rolls = _check_rolls(rolls, spec, 4, "save_roll_grid")
-    path = Path(path)
     n = rolls.shape[0]
     n_cols = min(max(n, 1), 4)
     n_rows = max(1, -(-n // n_cols))
@@ -125,12 +124,13 @@ def save_roll_grid(rolls: np.ndarray, spec: RollSpec, path: str | Path, title: s
             extent=(0, n_steps, low - 0.5, low + n_pitches - 0.5),
         )
         for bar in range(1, spec.n_bars):
-            ax.axvline(bar * spec.steps_per_bar, color="0.4", linewidth=0.8)
+            ax.axvline(bar * spec.steps_per_bar, color="black", linewidth=0.9)
         ax.set_xticks([bar * spec.steps_per_bar for bar in range(spec.n_bars)])
         ax.set_xticklabels([f"bar {bar + 1}" for bar in range(spec.n_bars)], fontsize=7, ha="left")
         ax.set_yticks(c_pitches)
         ax.set_yticklabels([note_name(p) for p in c_pitches], fontsize=7)
-        ax.set_title(f"sample {i}", fontsize=8)
+        if n > 1:  # a single panel is named by the title
+            ax.set_title(f"sample {i}", fontsize=8)
     handles = [Patch(color=colours[c], label=t.name) for c, t in enumerate(spec.tracks)]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
     if title:
@@ -138,6 +138,12 @@ def save_roll_grid(rolls: np.ndarray, spec: RollSpec, path: str | Path, title: s
     legend_rows = -(-len(handles) // 6)
     fig.tight_layout(rect=(0, 0.04 * legend_rows / n_rows + 0.02, 1, 0.95 if title else 1))
 
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write a matplotlib figure atomically (format from the suffix, PNG without one); return the path."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary(path)
     try:
@@ -216,8 +222,12 @@ def roll_to_midi(roll: np.ndarray, spec: RollSpec, tempo: float = 100.0) -> pret
 
 def save_midi(roll: np.ndarray, spec: RollSpec, path: str | Path, tempo: float = 100.0) -> Path:
     """Write :func:`roll_to_midi` of ``roll`` to ``path`` (atomically); return the path."""
+    return write_midi(roll_to_midi(roll, spec, tempo), path)
+
+
+def write_midi(midi: pretty_midi.PrettyMIDI, path: str | Path) -> Path:
+    """Write ``midi`` to ``path`` (atomically); return the path."""
     path = Path(path)
-    midi = roll_to_midi(roll, spec, tempo)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary(path)
     try:

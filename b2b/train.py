@@ -46,6 +46,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 # Under fp16 the loss scaler skips the first optimizer steps (scale too high) by design; torch then warns
 # that the scheduler stepped before the optimizer. Skipped steps are counted and logged instead.
 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+# accelerate passes DDP `broadcast_buffers`, which torch 2.13 renamed; the behaviour asked for is unchanged.
+warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
 
 
 class NonFiniteLoss(B2BError):
@@ -103,6 +105,9 @@ class Trainer:
         # backward; DDP's in-place buffer broadcast at each forward would break that backward
         # (PITFALLS.md). Buffers are synced explicitly after each step instead (Net.sync_buffers).
         self.accelerator = Accelerator(
+            # Without cpu=True accelerate gives every rank of a launch on a machine with no accelerator
+            # its own world of one (DistributedType.NO) instead of gloo; this is device selection only.
+            cpu=not torch.accelerator.is_available(),
             mixed_precision="no",  # b2b owns autocast and loss scaling: see b2b/engine.py
             log_with=log_with,
             project_dir=str(self.run_path),
@@ -197,13 +202,14 @@ class Trainer:
         ckpt.load_models(source, {"generator": self.g.module, "critic": self.d.module, "ema": self.ema})
         self.g.load_training_state(source, "generator")
         self.d.load_training_state(source, "critic")
+        self._apply_new_learning_rates(meta["config"]["optim"])
         state = ckpt.load_rank_state(source, self.rank, self.world_size, meta["world_size"])
         self.loader.load_state_dict(state["data"])
         if "rng" in state:
             ckpt.set_rng_state(state["rng"])
         self.step = meta["step"]
         self.critic_updates = meta["critic_updates"]
-        self.best_distance = meta.get("best_distance", math.inf)
+        self.best_distance = meta.get("best_distance") or math.inf
         if self.is_main:
             note = (
                 ""
@@ -211,6 +217,22 @@ class Trainer:
                 else f" (saved with {meta['world_size']} ranks, now {self.world_size}: RNG streams restart)"
             )
             print(f"resumed from {source} at step {self.step}{note}", flush=True)
+
+    def _apply_new_learning_rates(self, saved: dict) -> None:
+        """A resumed run takes optim.g_lr / optim.d_lr from its config (e.g. lowered after a divergence);
+        the schedule's progress (decays so far) is kept."""
+        for net, key in ((self.g, "g_lr"), (self.d, "d_lr")):
+            new = getattr(self.cfg.optim, key)
+            if saved.get(key) == new:
+                continue
+            net.scheduler.base_lrs = [new for _ in net.optimizer.param_groups]
+            for group, lr in zip(
+                net.optimizer.param_groups, net.scheduler._get_closed_form_lr(), strict=True
+            ):
+                group["initial_lr"] = new
+                group["lr"] = lr
+            if self.is_main:
+                print(f"optim.{key}: {saved.get(key)} in the checkpoint, {new} from the config: using {new}")
 
     # ------------------------------------------------------------------------------------------------
     # One step
@@ -249,15 +271,22 @@ class Trainer:
                             loss_scale=self.d.loss_scale(),
                         )
                     self.d.backward(loss.total / cfg.train.grad_accum)
-                for key, value in (
-                    ("d_loss", loss.total),
-                    ("wasserstein", loss.wasserstein),
-                    ("penalty", loss.penalty),
-                    ("grad_norm_x", loss.grad_norm),
-                ):
+                terms = [("d_loss", loss.total), ("wasserstein", loss.wasserstein)]
+                if gp_weight:  # the penalty and the input-gradient norm exist only on penalty updates
+                    terms += [("penalty", loss.penalty), ("grad_norm_x", loss.grad_norm)]
+                for key, value in terms:
                     sums[key] = sums.get(key, 0.0) + value.detach().float() / cfg.train.grad_accum
             self.d.step()
-        return {k: v / cfg.loss.n_critic for k, v in sums.items()}
+        penalty_updates = sum(
+            1
+            for u in range(self.critic_updates - cfg.loss.n_critic + 1, self.critic_updates + 1)
+            if u % cfg.loss.gp_every == 0
+        )
+        stats = {k: v / cfg.loss.n_critic for k, v in sums.items() if k in ("d_loss", "wasserstein")}
+        for key in ("penalty", "grad_norm_x"):
+            # Steps with no penalty update (gp_every > n_critic) report 0 rather than a made-up value.
+            stats[key] = sums[key] / penalty_updates if key in sums else torch.zeros((), device=self.device)
+        return stats
 
     def generator_phase(self) -> dict:
         """One generator update through the frozen critic (its bare module: no DDP sync for D)."""
@@ -437,7 +466,8 @@ class Trainer:
         self.log.write(self.step, {"distance_to_real": distance, **_flatten("music", generated)})
         self.log.message(
             f"step {self.step}: music distance to real {distance:.4f} "
-            f"(polyphony {generated.get('polyphony')} vs real {self.real_metrics.get('polyphony')})"
+            f"(polyphonic rate {generated.get('polyphonic_rate')} vs real "
+            f"{self.real_metrics.get('polyphonic_rate')})"
         )
         self.last_distance = distance
 

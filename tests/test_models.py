@@ -106,8 +106,8 @@ def test_build_models_uses_the_config():
     g, d = build_models(cfg, DEMO)
     assert g.latent_dim == 7 and g.shape == DEMO and d.shape == DEMO
     assert g.net[0][0].in_channels == 7 and g.net[0][0].out_channels == 8 * 3
-    assert d.body[0].out_channels == 5 and d.dropout.p == 0.1
-    assert isinstance(d.body[1], torch.nn.GroupNorm)  # default critic_norm = layer
+    assert d.body[0][0].out_channels == 5 and d.dropout.p == 0.1
+    assert isinstance(d.body[0][1], torch.nn.GroupNorm)  # default critic_norm = layer
     with pytest.raises(ShapeError):
         build_models(cfg, (4, 64, 100))
 
@@ -129,19 +129,19 @@ def test_self_attention_matches_a_hand_written_one():
     torch.manual_seed(0)
     att = SelfAttention(16)
     x = torch.randn(2, 16, 3, 5)
-    assert float(att.gamma) == 0.0 and torch.equal(att(x), x)  # identity at initialization
+    assert att.gamma.item() == 0.0 and torch.equal(att(x), x)  # identity at initialization
     with torch.no_grad():
         att.gamma.fill_(0.7)
-    q, k, v = att.query(x), att.key(x), att.value(x)  # (N, 2, 3, 5), (N, 2, 3, 5), (N, 16, 3, 5)
-    expected = torch.empty_like(x)
-    for n in range(2):
-        for i in range(15):
-            qi = q[n].flatten(1)[:, i]
-            weights = torch.softmax(
-                q.new_tensor([qi @ k[n].flatten(1)[:, j] / math.sqrt(2) for j in range(15)]), 0
-            )
-            expected[n].view(16, 15)[:, i] = x[n].view(16, 15)[:, i] + 0.7 * (v[n].flatten(1) @ weights)
-    torch.testing.assert_close(att(x), expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        q, k, v = att.query(x), att.key(x), att.value(x)  # (N, 2, 3, 5), (N, 2, 3, 5), (N, 16, 3, 5)
+        expected = torch.empty_like(x)
+        for n in range(2):
+            for i in range(15):
+                qi = q[n].flatten(1)[:, i]
+                logits = [qi @ k[n].flatten(1)[:, j] / math.sqrt(2) for j in range(15)]  # 16 // 8 = 2 dims
+                weights = torch.softmax(torch.stack(logits), 0)
+                expected[n].view(16, 15)[:, i] = x[n].view(16, 15)[:, i] + 0.7 * (v[n].flatten(1) @ weights)
+        torch.testing.assert_close(att(x), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_gamma_starts_at_zero_and_moves_in_training():
@@ -150,7 +150,7 @@ def test_gamma_starts_at_zero_and_moves_in_training():
     torch.manual_seed(0)
     g, d = Generator(DEMO, 8, 2), Critic(DEMO, 2)
     gammas = [m.gamma for m in (*g.modules(), *d.modules()) if isinstance(m, SelfAttention)]
-    assert len(gammas) == 2 and all(float(p) == 0.0 for p in gammas)
+    assert len(gammas) == 2 and all(p.item() == 0.0 for p in gammas)
     opt_g = torch.optim.Adam(g.parameters(), 1e-3)
     opt_d = torch.optim.Adam(d.parameters(), 1e-3)
     real = (torch.rand(4, *DEMO) > 0.9).float()
@@ -159,7 +159,7 @@ def test_gamma_starts_at_zero_and_moves_in_training():
     opt_g.zero_grad()
     generator_loss(d, g(torch.randn(4, 8))).backward()
     opt_g.step()
-    assert all(float(p) != 0.0 for p in gammas)
+    assert all(p.item() != 0.0 for p in gammas)
 
 
 def test_parameter_counts_demo_and_wide():
@@ -189,3 +189,61 @@ def test_same_seed_same_networks_bit_for_bit():
         x = g(torch.randn(2, 8))
         outs.append((x, d(x)))
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
+# ---------------------------------------------------------------------------------------------------
+# b2b describe
+
+
+def test_describe_counts_parameters_and_flops(capsys):
+    from b2b.describe import describe
+
+    cfg = load_config(None, ["data.shape=[4,64,48]"])
+    report = describe(cfg, [4, 64, 48])
+    g, d = build_models(cfg, DEMO)  # real (CPU) networks: the report's meta-device counts must match
+    assert report["generator"]["params"] == sum(p.numel() for p in g.parameters()) == 1_025_397
+    assert report["critic"]["params"] == sum(p.numel() for p in d.parameters())
+    for net in ("generator", "critic"):
+        rows = report[net]["layers"]
+        assert sum(r["params"] for r in rows) == report[net]["params"]
+        assert sum(r["flops"] for r in rows) == report[net]["forward_flops"]
+    g_rows = {r["name"]: r for r in report["generator"]["layers"]}
+    d_rows = {r["name"]: r for r in report["critic"]["layers"]}
+    # Hand-computed FLOPs (2 per multiply-add). Generator layer 1: 128 → 256 channels, kernel 2×1 on a 1×1
+    # input. Critic conv 1: 4 → 32 channels, kernel 4×5, output 32×16. Head: 512 → 1.
+    assert g_rows["net.0"]["flops"] == 2 * 128 * 256 * 2 * 1 and g_rows["net.0"]["output"] == [256, 2, 1]
+    assert d_rows["body.0"]["flops"] == 2 * 32 * (32 * 16) * 4 * 4 * 5
+    assert d_rows["head"]["flops"] == 2 * 512 and d_rows["head"]["output"] == [1]
+    assert g_rows["net.6"]["output"] == [4, 64, 48]
+    steps = report["steps"]
+    # A critic step without the penalty is forward + backward on real and fake: between 2 × 2 and 2 × 3
+    # forward passes (the first convolution needs no input gradient).
+    assert 4 * report["critic"]["forward_flops"] < steps["critic_step_flops_without_penalty"]
+    assert steps["critic_step_flops_without_penalty"] < 6 * report["critic"]["forward_flops"]
+    assert 0.5 < steps["penalty_extra"] < 1.5
+    g_forward = report["generator"]["forward_flops"]
+    expected = 5 * (g_forward + steps["critic_step_flops"]) + steps["generator_step_flops"]  # n_critic = 5
+    assert steps["train_step_flops"] == expected
+
+
+def test_describe_cli_json_text_and_errors(tmp_path, capsys):
+    from b2b.cli import main
+    from b2b.describe import describe
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"shape": [5, 96, 84]}))
+    assert main(["describe", f"data.shards={tmp_path}", "model.g_width=4", "model.d_width=4", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["shape"] == [5, 96, 84]  # taken from the manifest
+    cfg = load_config(None, [f"data.shards={tmp_path}", "model.g_width=4", "model.d_width=4"])
+    assert report == json.loads(json.dumps(describe(cfg, [5, 96, 84])))
+
+    config = tmp_path / "demo.yaml"
+    config.write_text("data:\n  shards: nowhere\n  shape: [4, 64, 48]\n")
+    assert main(["describe", "--config", str(config)]) == 0
+    text = capsys.readouterr().out
+    assert "generator: 1,025,397 parameters" in text and "sample shape: [4, 64, 48]" in text
+
+    assert main(["describe", "data.shards=nowhere"]) == 2
+    assert "data.shape is not set" in capsys.readouterr().err
+    assert main(["describe", "data.shards=nowhere", "data.shape=[4,64,100]"]) == 2
+    assert "pitch size 100" in capsys.readouterr().err

@@ -1,0 +1,668 @@
+"""The training data loader: WebDataset shards in, batches of boolean piano rolls out, split over ranks.
+
+WebDataset streams tar members but keeps no resumable state, and splitting whole shards over ranks and
+workers gives uneven batch counts (a DDP hang). So the order of an epoch is computed first, from sample
+*indices* only, and the tars are read afterwards to fill it:
+
+1. The samples of a split have global positions: shard ``i`` (in the manifest's order) holds positions
+   ``[offset_i, offset_i + n_i)``. Epoch ``e`` shuffles the shard order with a generator seeded by
+   ``(seed, e)`` and concatenates the shards' positions into one sequence.
+2. With ``W`` ranks and batch size ``B``, every rank gets ``K = N // (W*B)`` batches; the last
+   ``N - K*W*B < W*B`` positions of the sequence are dropped (counted in ``dropped_per_epoch``). Rank ``r``
+   takes the contiguous block ``[r*K*B, (r+1)*K*B)``, so it opens only the shards that overlap its block.
+3. A rank's block is cut into one contiguous *lane* per DataLoader worker (``max(1, num_workers)``
+   lanes); lane ``l`` serves the rank's batches ``b`` with ``b mod lanes == l``, which is the order in
+   which the DataLoader collects batches from its workers (round-robin). So a worker reads only its own
+   lane: its shards, once, in order (webdataset's tar iterator), skipping members of other lanes and
+   never decoding them.
+4. Inside its lane a worker shuffles with a window of ``shuffle_buffer`` (``S``) samples: lane position
+   ``i`` gets the key ``i + S*u`` (``u`` uniform, seeded by ``(seed, e, rank, lane)``) and samples come
+   out sorted by key. A sample therefore comes out at most ``S`` places from where it sits, so a reader
+   that streams the lane in order holds about ``S`` pending samples (as raw bytes), and a resumed reader
+   starts reading only ``S`` samples before the resume point.
+
+The stream is a pure function of ``(seed, epoch)`` and the *layout* ``(world_size, batch_size,
+shuffle_buffer, lanes)``; ``num_workers`` 0 and 1 give the same stream. The position in it is ``(epoch,
+batches received in the epoch)``. Resuming with the same layout continues with exactly the batches an
+uninterrupted run would have produced. With another layout, the epoch's samples not yet consumed (a pure
+function of the earlier layouts and their batch counts, kept as a short list of segments) are planned
+afresh over the new layout, so that nothing is lost or repeated; the epochs after it use the new layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tarfile
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import tar_file_iterator
+
+from b2b.codec import ENCODING, SUFFIX, decode_roll
+from b2b.config import read_manifest
+from b2b.errors import B2BError, ConfigError, DataError
+
+try:  # zlib-ng inflates the same deflate streams about 3× faster than the stdlib's zlib 1.2
+    from zlib_ng import zlib_ng as _inflate
+except ImportError:  # pragma: no cover - optional speed-up
+    _inflate = zlib
+
+STATE_FORMAT = "b2b-loader/1"
+_SHARD_TAG, _WINDOW_TAG = 0, 1  # keep the two random streams of an epoch apart
+
+
+# ---------------------------------------------------------------------------------------------------
+# The shards of one split, as the manifest lists them
+
+
+@dataclass(frozen=True)
+class ShardSplit:
+    """The shards of one split: file paths, sample counts and the global position of each shard's first
+    sample (``offsets[i]``; ``offsets[-1]`` is the number of samples)."""
+
+    root: Path
+    split: str
+    paths: tuple[Path, ...]
+    counts: np.ndarray
+    offsets: np.ndarray
+    shape: tuple[int, ...]
+    content_hash: str
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.offsets[-1])
+
+
+def load_split(shards: str | Path, split: str) -> ShardSplit:
+    """Read the manifest in ``shards`` and check the files of ``split`` against it.
+
+    Raises
+    ------
+    DataError
+        The manifest is missing or malformed, the split has no shards, a shard file is missing or its size
+        differs from the manifest's, or the shard counts do not add up to ``n_<split>``.
+    """
+    root = Path(shards)
+    manifest = read_manifest(root)
+    where = root / "manifest.json"
+    if manifest.get("encoding", ENCODING) != ENCODING:
+        raise DataError(f"{where}: encoding {manifest['encoding']!r} is not {ENCODING!r}; rebuild the shards")
+    shape = manifest.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(s, int) and s > 0 for s in shape)):
+        raise DataError(f"{where}: 'shape' must be [tracks, time, pitch] of positive integers, got {shape!r}")
+    entries = [s for s in manifest.get("shards", []) if s.get("split") == split]
+    if not entries:
+        splits = sorted({s.get("split") for s in manifest.get("shards", [])})
+        raise DataError(
+            f"{where} lists no shards for split {split!r}; "
+            f"it has shards for: {', '.join(splits) or 'nothing'}"
+        )
+    paths = []
+    for entry in entries:
+        path = root / entry["name"]
+        if not path.is_file():
+            raise DataError(f"shard {path} is listed in {where} but does not exist; rebuild the shards")
+        size = path.stat().st_size
+        if "bytes" in entry and size != entry["bytes"]:
+            raise DataError(
+                f"shard {path} is {size} bytes but {where} says {entry['bytes']}: the file is truncated or "
+                f"was rewritten after the manifest; rebuild the shards"
+            )
+        paths.append(path)
+    counts = np.array([int(e["n"]) for e in entries], dtype=np.int64)
+    declared = manifest.get(f"n_{split}")
+    if declared is not None and int(declared) != int(counts.sum()):
+        raise DataError(
+            f"{where}: n_{split} is {declared} but its {split} shards list {int(counts.sum())} samples; "
+            f"rebuild the shards"
+        )
+    return ShardSplit(
+        root=root,
+        split=split,
+        paths=tuple(paths),
+        counts=counts,
+        offsets=np.concatenate([[0], np.cumsum(counts)]),
+        shape=tuple(shape),
+        content_hash=str(manifest.get("content_hash", "")),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# The plan of an epoch: pure functions of indices
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of an epoch run with one layout; ``batches_done`` batches per rank were consumed in it.
+
+    ``lanes`` is the number of DataLoader workers (at least 1) that split each rank's block.
+    """
+
+    world_size: int
+    batch_size: int
+    shuffle_buffer: int
+    lanes: int = 1
+    batches_done: int = 0
+
+    def layout(self) -> tuple[int, int, int, int]:
+        return (self.world_size, self.batch_size, self.shuffle_buffer, self.lanes)
+
+    def batches_per_rank(self, n_samples: int) -> int:
+        return n_samples // (self.world_size * self.batch_size)
+
+
+def _rng(seed: int, *tags: int) -> np.random.Generator:
+    return np.random.default_rng([seed % 2**64, *tags])
+
+
+def epoch_sequence(counts: Sequence[int] | np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """All sample positions of a split, shards in the order epoch ``epoch`` visits them."""
+    counts = np.asarray(counts, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    order = _rng(seed, epoch, _SHARD_TAG).permutation(len(counts))
+    return np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in order])
+
+
+def lane_batches(per_rank: int, lanes: int, lane: int, before: int | None = None) -> int:
+    """How many of a rank's first ``before`` batches (default: all ``per_rank``) belong to ``lane``."""
+    before = per_rank if before is None else before
+    return max(0, (before - lane + lanes - 1) // lanes)
+
+
+def lane_block(
+    sequence: np.ndarray, rank: int, lane: int, layout: Segment, seed: int, epoch: int, segment: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The part of ``sequence`` that ``lane`` of ``rank`` reads, and the order it serves it in.
+
+    Returns
+    -------
+    block : np.ndarray
+        The lane's positions in reading order: a contiguous slice of the rank's ``K * batch_size``.
+    perm : np.ndarray
+        ``block[perm]`` is the lane's output order; its ``j``-th batch is the rank's batch
+        ``j * lanes + lane``.
+    """
+    size = layout.batch_size
+    per_rank = layout.batches_per_rank(len(sequence))
+    start = (rank * per_rank + sum(lane_batches(per_rank, layout.lanes, m) for m in range(lane))) * size
+    block = sequence[start : start + lane_batches(per_rank, layout.lanes, lane) * size]
+    jitter = _rng(seed, epoch, _WINDOW_TAG, segment, rank, lane).random(len(block))
+    perm = np.argsort(np.arange(len(block)) + layout.shuffle_buffer * jitter, kind="stable")
+    return block, perm
+
+
+def remaining_sequence(
+    counts: Sequence[int] | np.ndarray, seed: int, epoch: int, history: Sequence[Segment]
+) -> np.ndarray:
+    """The positions of epoch ``epoch`` not consumed by the segments in ``history``, in reading order."""
+    sequence = epoch_sequence(counts, seed, epoch)
+    for index, segment in enumerate(history):
+        taken = np.zeros(int(np.sum(counts)), dtype=bool)
+        per_rank = segment.batches_per_rank(len(sequence))
+        for rank in range(segment.world_size):
+            for lane in range(segment.lanes):
+                block, perm = lane_block(sequence, rank, lane, segment, seed, epoch, index)
+                done = lane_batches(per_rank, segment.lanes, lane, before=segment.batches_done)
+                taken[block[perm[: done * segment.batch_size]]] = True
+        sequence = sequence[~taken[sequence]]
+    return sequence
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading tars
+
+
+class _Member(NamedTuple):
+    data: bytes
+    shard: Path
+    name: str
+
+
+class _Picker:
+    """``select_files`` for webdataset's tar iterator: picks members by their index in the tar."""
+
+    def __init__(self, wanted: np.ndarray):
+        self.wanted = wanted.tolist()
+        self.found = 0
+        self.seen = 0
+        self.last = None  # name of the member being read, for error messages
+        self.stray = None  # a member that is not a sample
+
+    def __call__(self, name: str) -> bool:
+        index, self.last = self.seen, name
+        self.seen += 1
+        if not name.endswith("." + SUFFIX):
+            self.stray = self.stray or name
+            return False
+        if self.found < len(self.wanted) and self.wanted[self.found] == index:
+            self.found += 1
+            return True
+        return False
+
+
+def read_members(path: Path, wanted: np.ndarray, expected: int) -> Iterator[_Member]:
+    """Yield the members of the tar ``path`` with indices ``wanted`` (ascending), without decoding them.
+
+    ``expected`` is the manifest's sample count for this tar; when the last member is wanted the tar is
+    read to its end and its count checked. Raises DataError naming the file and member on any problem.
+    """
+    if len(wanted) and not 0 <= wanted[0] <= wanted[-1] < expected:
+        raise DataError(f"shard {path}: members {wanted[0]}..{wanted[-1]} asked for, it holds {expected}")
+    picker = _Picker(wanted)
+    read_to_end = len(wanted) == 0 or wanted[-1] == expected - 1
+    try:
+        with open(path, "rb") as stream:
+            for item in tar_file_iterator(stream, select_files=picker):
+                _check_stray(path, picker)
+                yield _Member(item["data"], path, item["fname"])
+                if picker.found == len(picker.wanted) and not read_to_end:
+                    return
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        reason = str(exc.args[0] if exc.args else exc).split(" @ ")[0]
+        where = f"while reading member {picker.last!r}" if picker.last else "at its start"
+        raise DataError(
+            f"shard {path} is truncated or corrupt: {reason} {where}; rebuild the shards"
+        ) from None
+    _check_stray(path, picker)
+    if picker.found < len(picker.wanted) or (read_to_end and picker.seen != expected):
+        raise DataError(
+            f"shard {path} holds {picker.seen} members but the manifest lists {expected}: the tar is "
+            f"truncated or corrupt (its last readable member is {picker.last!r}); rebuild the shards"
+        )
+
+
+def _check_stray(path: Path, picker: _Picker) -> None:
+    if picker.stray:
+        raise DataError(f"shard {path} holds {picker.stray!r}, which is not a sample (<key>.{SUFFIX})")
+
+
+# codec.decode_roll is inflate (zlib) + unpack (bits to bools). The loader splits the two: workers inflate
+# and ship batches still bit-packed, the main process unpacks a whole batch in one call. Shipping unpacked
+# bool batches cost more CPU than decoding them: 8x the bytes in fresh shared-memory pages, faulted in
+# by the worker and again by the main process.
+
+
+def packed_size(shape: Sequence[int]) -> int:
+    """Bytes of one bit-packed roll of ``shape`` (8 cells per byte, the last byte padded)."""
+    return (math.prod(shape) + 7) // 8
+
+
+def inflate_member(member: _Member, shape: tuple[int, ...]) -> np.ndarray:
+    """The bit-packed roll in ``member`` as uint8 (the first half of ``codec.decode_roll``).
+
+    Raises DataError naming the shard and the sample's key when the member is not a roll of ``shape``.
+    """
+    size = packed_size(shape)
+    try:
+        packed = _inflate.decompress(member.data, bufsize=size)
+        problem = None if len(packed) == size else f"it holds {len(packed)} packed bytes"
+    except (zlib.error, _inflate.error) as exc:
+        problem = f"not a {ENCODING} stream: {exc}"
+    if problem:
+        key = member.name.rsplit(".", 1)[0]
+        raise DataError(
+            f"shard {member.shard}: sample {key!r} does not decode to the manifest's shape {list(shape)} "
+            f"({problem}, a roll of that shape needs {size}); rebuild the shards"
+        )
+    return np.frombuffer(packed, dtype=np.uint8)
+
+
+def unpack_batch(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``(n, packed_size)`` uint8 to ``(n, *shape)`` bool, in one call (the second half of decoding)."""
+    cells = np.unpackbits(packed, axis=1, count=math.prod(shape))
+    return cells.reshape(len(packed), *shape).view(bool)
+
+
+def decode_member(member: _Member, shape: tuple[int, ...]) -> np.ndarray:
+    """Decode one member to a bool array of ``shape`` or raise a DataError naming the shard and key."""
+    try:
+        return decode_roll(member.data, shape)
+    except ValueError as exc:
+        key = member.name.rsplit(".", 1)[0]
+        raise DataError(
+            f"shard {member.shard}: sample {key!r} does not decode to the manifest's shape {list(shape)} "
+            f"({exc}); rebuild the shards"
+        ) from None
+
+
+def iter_samples(shards: str | Path, split: str = "val", limit: int | None = None) -> Iterator[np.ndarray]:
+    """Every sample of ``split`` in shard order, as bool arrays of the manifest's shape (for evaluation).
+
+    Parameters
+    ----------
+    shards : str or Path
+        Folder with ``manifest.json`` and the tars.
+    split : str
+        ``"train"`` or ``"val"``.
+    limit : int, optional
+        Stop after this many samples.
+    """
+    data = load_split(shards, split)
+    produced = 0
+    for path, count in zip(data.paths, data.counts, strict=True):
+        for member in read_members(path, np.arange(count), int(count)):
+            if limit is not None and produced >= limit:
+                return
+            yield decode_member(member, data.shape)
+            produced += 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# One rank's endless stream of batches (runs in the DataLoader workers)
+
+
+class _WorkerFailure(NamedTuple):
+    """A B2BError raised in a worker, carried to the main process as data so it stays one clear line."""
+
+    message: str
+
+
+class _Filled(NamedTuple):
+    """Worker ``worker`` wrote its next bit-packed batch into its shared-memory slot ``slot``."""
+
+    worker: int
+    slot: int
+
+
+# Shipping each batch as a new tensor (or as bytes through the pipe) cost this machine more CPU than
+# decoding it: fresh shared memory, a file descriptor passed per batch, pages faulted on both sides. So
+# each worker owns a few fixed slots in shared memory and sends only (worker, slot); a semaphore per worker
+# counts its free slots. The main process unpacks a slot into a new bool batch, then frees the slot.
+_PREFETCH = 2  # batches requested ahead from each worker (the DataLoader's prefetch_factor)
+_SLOTS = _PREFETCH + 2  # a worker never waits for a slot unless the main process falls behind
+
+
+class _BatchStream(IterableDataset):
+    """One rank's endless stream of bit-packed batches; with ``slots``, written to shared memory."""
+
+    def __init__(
+        self,
+        data: ShardSplit,
+        rank: int,
+        layout: Segment,
+        seed: int,
+        epoch: int,
+        history: tuple,
+        slots: torch.Tensor | None = None,
+        free: list | None = None,
+    ):
+        super().__init__()
+        self.data, self.rank, self.layout, self.seed = data, rank, layout, seed
+        self.epoch, self.history = epoch, history
+        self.slots, self.free = slots, free
+
+    def __iter__(self) -> Iterator[np.ndarray | _Filled | _WorkerFailure]:
+        info = get_worker_info()
+        worker, n_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        if n_workers != self.layout.lanes:
+            raise RuntimeError(f"a stream planned for {self.layout.lanes} lanes runs in {n_workers} workers")
+        shape = (self.layout.batch_size, packed_size(self.data.shape))
+        try:
+            for count, members in enumerate(self._batches(worker)):
+                if self.slots is None:
+                    yield self._pack(members, np.empty(shape, dtype=np.uint8))
+                else:
+                    self.free[worker].acquire()
+                    slot = count % _SLOTS
+                    self._pack(members, self.slots[worker, slot].numpy())
+                    yield _Filled(worker, slot)
+        except B2BError as exc:
+            yield _WorkerFailure(str(exc))
+
+    def _pack(self, members: list[_Member], out: np.ndarray) -> np.ndarray:
+        """Inflate a batch into ``out``, ``(batch, packed_size)`` uint8; the main process unpacks it."""
+        for i, member in enumerate(members):
+            out[i] = inflate_member(member, self.data.shape)
+        return out
+
+    def _batches(self, worker: int) -> Iterator[list[_Member]]:
+        lanes, size = self.layout.lanes, self.layout.batch_size
+        epoch, history, done = self.epoch, self.history, self.layout.batches_done
+        served = 0  # batches of this stream before the current epoch's first one
+        while True:
+            sequence = remaining_sequence(self.data.counts, self.seed, epoch, history)
+            per_rank = self.layout.batches_per_rank(len(sequence))
+            # The DataLoader hands stream item t to worker t mod lanes; item t is the epoch's batch
+            # done + t - served, which belongs to lane (done + t - served) mod lanes.
+            lane = (worker + done - served) % lanes
+            block, perm = lane_block(sequence, self.rank, lane, self.layout, self.seed, epoch, len(history))
+            first = lane_batches(per_rank, lanes, lane, before=done)
+            yield from self._epoch_batches(block, perm.reshape(-1, size)[first:])
+            served += per_rank - done
+            epoch, history, done = epoch + 1, (), 0
+
+    def _epoch_batches(self, block: np.ndarray, rows: np.ndarray) -> Iterator[list[_Member]]:
+        """The members of each batch; ``rows[j]`` holds the block indices of the lane's ``j``-th batch."""
+        members = self._read(block, np.sort(rows, axis=None))
+        pending: dict[int, _Member] = {}
+        frontier = -1
+        for row in rows:
+            target = int(row.max())
+            while frontier < target:  # members arrive in block order; read up to the batch's last one
+                frontier, member = next(members)
+                pending[frontier] = member
+            yield [pending.pop(int(i)) for i in row]
+
+    def _read(self, block: np.ndarray, wanted: np.ndarray) -> Iterator[tuple[int, _Member]]:
+        """Members at block indices ``wanted`` (ascending), in block order, one tar at a time."""
+        if len(wanted) == 0:  # a lane with no batches left in this epoch
+            return
+        positions = block[wanted]
+        shard = np.searchsorted(self.data.offsets, positions, side="right") - 1
+        # The block is a run of whole or partial shards, so equal shard ids are contiguous.
+        cuts = np.flatnonzero(np.diff(shard)) + 1
+        for indices, where, ids in zip(
+            np.split(wanted, cuts), np.split(positions, cuts), np.split(shard, cuts), strict=True
+        ):
+            s = int(ids[0])
+            members = read_members(self.data.paths[s], where - self.data.offsets[s], int(self.data.counts[s]))
+            yield from zip(indices.tolist(), members, strict=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loader the trainer uses
+
+
+class TrainLoader:
+    """Endless, resumable, rank-split batches of one split of a shards folder.
+
+    Parameters
+    ----------
+    shards : str or Path
+        Folder with ``manifest.json`` and the tars.
+    batch_size : int
+        Samples per batch on this rank.
+    rank, world_size : int
+        This process's rank and the number of ranks; every rank must build its loader with the same
+        ``seed``, ``batch_size`` and ``shuffle_buffer``.
+    seed : int
+        The order of every epoch is a function of ``(seed, epoch)`` and the layout.
+    num_workers : int
+        DataLoader worker processes; each reads its own lane of the rank's block (0 and 1: one lane).
+    shuffle_buffer : int
+        Shuffle window: a sample comes out at most this many places from where it sits in the rank's block.
+    split : str
+        Which split of the manifest to read.
+
+    Attributes
+    ----------
+    batches_per_epoch : int
+        Batches each rank yields in a full epoch (the same on every rank).
+    dropped_per_epoch : int
+        Samples left out of each full epoch (fewer than ``world_size * batch_size``).
+    """
+
+    def __init__(
+        self,
+        shards: str | Path,
+        *,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        num_workers: int = 0,
+        shuffle_buffer: int = 1024,
+        split: str = "train",
+    ):
+        for name, value, low in (
+            ("batch_size", batch_size, 1),
+            ("world_size", world_size, 1),
+            ("num_workers", num_workers, 0),
+            ("shuffle_buffer", shuffle_buffer, 1),
+        ):
+            if value < low:
+                raise ConfigError(f"TrainLoader: {name} must be at least {low}, got {value}")
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"TrainLoader: rank {rank} is outside 0..{world_size - 1}")
+        self.data = load_split(shards, split)
+        self.rank, self.seed, self.num_workers = rank, seed, num_workers
+        self.layout = Segment(world_size, batch_size, shuffle_buffer, lanes=max(1, num_workers))
+        n = self.data.n_samples
+        if n < world_size * batch_size:
+            raise DataError(
+                f"split {split!r} of {shards} holds {n} samples, fewer than world_size × batch_size = "
+                f"{world_size} × {batch_size}: every rank needs a full batch each epoch; lower "
+                f"data.batch_size or add data"
+            )
+        self.batches_per_epoch = n // (world_size * batch_size)
+        self.dropped_per_epoch = n - self.batches_per_epoch * world_size * batch_size
+        self.epoch = 0
+        self._history: tuple[Segment, ...] = ()  # earlier layouts of the current epoch
+        self._done = 0  # batches received in the current epoch under the current layout
+        self._left = self.batches_per_epoch  # batches the current layout serves in this epoch
+        self._generation = 0  # bumped by __iter__ and load_state_dict: a stale iterator stops
+
+    # -- position ------------------------------------------------------------------------------------
+
+    def _batches_in_layout(self, history: Sequence[Segment]) -> int:
+        consumed = sum(s.world_size * s.batch_size * s.batches_done for s in history)
+        return (self.data.n_samples - consumed) // (self.layout.world_size * self.layout.batch_size)
+
+    def _count_batch(self) -> None:
+        self._done += 1
+        if self._done >= self._left:
+            self.epoch, self._history, self._done = self.epoch + 1, (), 0
+            self._left = self.batches_per_epoch
+
+    def state_dict(self) -> dict:
+        """The position after the batches handed out so far (identical on every rank)."""
+        return {
+            "format": STATE_FORMAT,
+            "epoch": self.epoch,
+            "batches_done": self._done,
+            "world_size": self.layout.world_size,
+            "batch_size": self.layout.batch_size,
+            "shuffle_buffer": self.layout.shuffle_buffer,
+            "lanes": self.layout.lanes,
+            "seed": self.seed,
+            "split": self.data.split,
+            "content_hash": self.data.content_hash,
+            "history": [dataclasses.asdict(s) for s in self._history],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state`` (from :meth:`state_dict`), before iterating.
+
+        Same layout (world size, batch size, shuffle buffer, lanes): the continued stream is the
+        uninterrupted one. If any differs, the rest of the epoch is re-planned over the new layout, nothing
+        lost or repeated.
+
+        Raises
+        ------
+        DataError
+            The state was made with another seed, split or shards (content hash), or is malformed.
+        """
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise DataError(f"loader state is not a {STATE_FORMAT} position: {state!r:.200}")
+        for key, mine in (("seed", self.seed), ("split", self.data.split)):
+            if state.get(key) != mine:
+                raise DataError(
+                    f"the checkpoint's data position was made with {key} {state.get(key)!r}, this run has "
+                    f"{mine!r}: resume with the same {key} or start a fresh run"
+                )
+        if state.get("content_hash") != self.data.content_hash:
+            raise DataError(
+                f"the shards in {self.data.root} changed since the checkpoint (content_hash "
+                f"{state.get('content_hash')!r:.20} then, {self.data.content_hash!r:.20} now): its position "
+                f"would point at other samples; resume with the original shards or start a fresh run"
+            )
+        try:
+            history = [Segment(**s) for s in state["history"]]
+            saved = Segment(
+                world_size=state["world_size"],
+                batch_size=state["batch_size"],
+                shuffle_buffer=state["shuffle_buffer"],
+                lanes=state["lanes"],
+                batches_done=state["batches_done"],
+            )
+            epoch = int(state["epoch"])
+        except (KeyError, TypeError) as exc:
+            raise DataError(f"loader state is malformed ({exc}): {state!r:.200}") from None
+        for index, segment in enumerate([*history, saved]):
+            consumed = sum(s.world_size * s.batch_size * s.batches_done for s in history[:index])
+            planned = segment.batches_per_rank(self.data.n_samples - consumed)
+            if not 0 <= segment.batches_done <= planned or epoch < 0:
+                raise DataError(f"loader state is inconsistent: {segment} of epoch {epoch}: {state!r:.300}")
+        if saved.layout() == self.layout.layout():
+            done = saved.batches_done
+        else:  # a new layout: what the old one consumed stays consumed, the rest is planned afresh
+            history = [*history, saved] if saved.batches_done else history
+            done = 0
+        self._generation += 1
+        self.epoch, self._history, self._done = epoch, tuple(history), done
+        self._left = self._batches_in_layout(self._history)
+        if self._done >= self._left:  # the epoch is used up (its rest is smaller than one global batch)
+            self.epoch, self._history, self._done = epoch + 1, (), 0
+            self._left = self.batches_per_epoch
+
+    # -- iteration -----------------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        """Batches of shape ``(batch_size, tracks, time, pitch)``, dtype bool, epoch after epoch, forever."""
+        self._generation += 1
+        generation = self._generation
+        layout = dataclasses.replace(self.layout, batches_done=self._done)
+        shape = self.data.shape
+        if self.num_workers == 0:
+            source = iter(_BatchStream(self.data, self.rank, layout, self.seed, self.epoch, self._history))
+        else:
+            context = torch.multiprocessing.get_context()
+            slots = torch.zeros(
+                (self.num_workers, _SLOTS, layout.batch_size, packed_size(shape)), dtype=torch.uint8
+            )
+            slots.share_memory_()
+            slots_np = slots.numpy()
+            free = [context.Semaphore(_SLOTS) for _ in range(self.num_workers)]
+            stream = _BatchStream(
+                self.data, self.rank, layout, self.seed, self.epoch, self._history, slots=slots, free=free
+            )
+            source = iter(
+                DataLoader(
+                    stream,
+                    batch_size=None,
+                    num_workers=self.num_workers,
+                    prefetch_factor=_PREFETCH,
+                    multiprocessing_context=context,
+                )
+            )
+        for item in source:
+            if generation != self._generation:
+                raise RuntimeError(
+                    "TrainLoader: its position was changed after this iterator started; call iter() again"
+                )
+            if isinstance(item, _WorkerFailure):
+                raise DataError(item.message)
+            if isinstance(item, _Filled):
+                rolls = torch.from_numpy(unpack_batch(slots_np[item.worker, item.slot], shape))
+                free[item.worker].release()  # unpacking copied it: the worker may refill the slot
+            else:
+                rolls = torch.from_numpy(unpack_batch(item, shape))
+            self._count_batch()
+            yield rolls
