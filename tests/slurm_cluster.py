@@ -21,8 +21,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 PACKAGES = ["slurm-wlm", "munge"]
 PROGRAMS = ["munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scontrol", "scancel", "srun"]
@@ -80,7 +83,7 @@ def _slurm_conf(root: Path, ctld_port: int, node_ports: list[int], munge_socket:
     nodes = "\n".join(
         f"NodeName={name} NodeHostname=localhost NodeAddr=127.0.0.1 Port={port} "
         f"CPUs={CPUS_PER_NODE} RealMemory={MEMORY_MB} State=UNKNOWN"
-        for name, port in zip(NODES, node_ports)
+        for name, port in zip(NODES, node_ports, strict=True)
     )
     return f"""\
 ClusterName=b2btest
@@ -109,10 +112,11 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 SlurmctldTimeout=30
 SlurmdTimeout=60
-KillWait=10
+KillWait=30
 MinJobAge=600
 {nodes}
 PartitionName=debug Nodes={",".join(NODES)} Default=YES MaxTime=INFINITE State=UP
+PartitionName=short Nodes={",".join(NODES)} MaxTime=5 State=UP
 """
 
 
@@ -136,9 +140,27 @@ class SlurmCluster:
         out = self.run("squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T", check=False)
         return out.strip()
 
+    def lift_requeue_hold(self, job_id: str) -> bool:
+        """Start a requeued job now instead of after its ~2 minute hold; True if it was held.
+
+        Slurm sets a requeued batch job's BeginTime when the job has finished completing, which can
+        be after squeue already shows it PENDING: call this while waiting, not once.
+        """
+        state = self.run("squeue", "-h", "-j", job_id, "-o", "%T %r", check=False).split()
+        if state[:2] != ["PENDING", "BeginTime"]:
+            return False
+        self.run("scontrol", "update", f"jobid={job_id}", "StartTime=now", check=False)
+        return True
+
+    def describe(self, job_id: str) -> str:
+        """The job's state and reason and the nodes' states and reasons, for failure messages."""
+        job = self.run("squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T %r", check=False).strip()
+        nodes = self.run("sinfo", "-h", "-N", "-o", "%N %T %E", check=False).strip().replace("\n", "; ")
+        return f"job {job_id}: {job or 'gone'}; nodes: {nodes}"
+
     def job_ids(self) -> list[str]:
         """Every job the controller still holds (in any state)."""
-        return self.run("squeue", "-h", "-t", "all", "-o", "%i").split()
+        return self.run("squeue", "-h", "-t", "all", "-o", "%i", check=False).split()
 
     def node_states(self) -> dict[str, str]:
         out = self.run("sinfo", "-h", "-N", "-o", "%N %t", check=False)
@@ -152,17 +174,22 @@ class SlurmCluster:
             parts.append(f"--- {path.name}\n" + "\n".join(lines))
         return "\n".join(parts)
 
+    def _cancel_all(self, timeout_s: float = 60) -> None:  # KillWait is 30 s
+        active = ("PENDING", "RUNNING", "COMPLETING", "REQUEUED", "SUSPENDED")
+        jobs = [j for j in self.job_ids() if self.job_state(j) in active]
+        if jobs:
+            self.run("scancel", *jobs, check=False)
+            deadline = time.time() + timeout_s
+            while time.time() < deadline and any(self.job_state(j) in active for j in jobs):
+                time.sleep(0.5)
+
     def stop(self) -> None:
         """Cancel all jobs, wait for their steps to end, then stop the daemons (by their pids)."""
         if "slurmctld" in self.procs and self.procs["slurmctld"].poll() is None:
-            active = [j for j in self.job_ids() if self.job_state(j) in ("PENDING", "RUNNING", "COMPLETING")]
-            if active:
-                self.run("scancel", *active, check=False)
-                deadline = time.time() + 30
-                while time.time() < deadline and any(
-                    self.job_state(j) in ("PENDING", "RUNNING", "COMPLETING") for j in active
-                ):
-                    time.sleep(0.5)
+            try:
+                self._cancel_all()
+            except (OSError, subprocess.SubprocessError):
+                pass  # the daemons are stopped below regardless
         for name in ["slurmd-node2", "slurmd-node1", "slurmctld", "munged"]:
             proc = self.procs.get(name)
             if proc is None or proc.poll() is not None:
@@ -231,7 +258,9 @@ def start_cluster(root: str | Path | None = None) -> SlurmCluster:
         )  # fmt: skip
         _wait_for(cluster, "the munge socket", munge_socket.exists, 20)
         _start(cluster, "slurmctld", ["slurmctld", "-D", "-c", "-i", "-f", str(conf)])
-        _wait_for(cluster, "slurmctld", lambda: cluster.run("scontrol", "ping", check=False).count("UP") > 0, 30)
+        _wait_for(
+            cluster, "slurmctld", lambda: cluster.run("scontrol", "ping", check=False).count("UP") > 0, 30
+        )
         for node in NODES:
             _start(cluster, f"slurmd-{node}", ["slurmd", "-D", "-N", node, "-f", str(conf)])
         _wait_for(
@@ -246,13 +275,36 @@ def start_cluster(root: str | Path | None = None) -> SlurmCluster:
     return cluster
 
 
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    """The cluster for a test session; stopped at its end, also after failures.
+
+    Skips with the reason when Slurm cannot run here (not root, no apt-get, a daemon failed). Where
+    B2B_REQUIRE_SLURM or CI is set, that is a failure instead: CI must run the Slurm tests.
+    """
+    try:
+        cluster = start_cluster(tmp_path_factory.mktemp("slurm"))
+    except ClusterUnavailable as exc:
+        if os.environ.get("B2B_REQUIRE_SLURM") or os.environ.get("CI"):
+            pytest.fail(f"Slurm is required here (B2B_REQUIRE_SLURM/CI) but cannot run: {exc}")
+        pytest.skip(f"no Slurm cluster: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 if __name__ == "__main__":
-    # By hand: start the cluster, print how to reach it, stop it on Enter or Ctrl-C.
+    # By hand: start the cluster, print how to reach it, stop it on Ctrl-C or SIGTERM.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
     cluster = start_cluster(sys.argv[1] if len(sys.argv) > 1 else None)
     print(f"export SLURM_CONF={cluster.env['SLURM_CONF']}\n{cluster.run('sinfo')}", flush=True)
+    print("cluster running; Ctrl-C (or kill PID) stops it", flush=True)
     try:
-        input("cluster running; press Enter to stop\n")
-    except (KeyboardInterrupt, EOFError):
+        while True:
+            time.sleep(3600)
+    except (KeyboardInterrupt, SystemExit):
         pass
     finally:
         cluster.stop()
