@@ -32,9 +32,7 @@ afresh over the new layout, so that nothing is lost or repeated; the epochs afte
 from __future__ import annotations
 
 import dataclasses
-import math
 import tarfile
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,14 +43,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import tar_file_iterator
 
-from b2b.codec import ENCODING, SUFFIX, decode_roll
+from b2b.codec import ENCODING, SUFFIX, inflate_roll, packed_size, unpack_rolls
 from b2b.config import read_manifest
 from b2b.errors import B2BError, ConfigError, DataError
-
-try:  # zlib-ng inflates the same deflate streams about 3× faster than the stdlib's zlib 1.2
-    from zlib_ng import zlib_ng as _inflate
-except ImportError:  # pragma: no cover - optional speed-up
-    _inflate = zlib
 
 STATE_FORMAT = "b2b-loader/1"
 _SHARD_TAG, _WINDOW_TAG = 0, 1  # keep the two random streams of an epoch apart
@@ -104,9 +97,16 @@ def load_split(shards: str | Path, split: str) -> ShardSplit:
             f"{where} lists no shards for split {split!r}; "
             f"it has shards for: {', '.join(splits) or 'nothing'}"
         )
+    try:
+        counts = np.array([int(e["n"]) for e in entries], dtype=np.int64)
+        names = [str(e["name"]) for e in entries]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(
+            f"{where}: a {split} shard entry lacks a valid 'name' or 'n' ({exc}); rebuild the shards"
+        ) from None
     paths = []
-    for entry in entries:
-        path = root / entry["name"]
+    for entry, name in zip(entries, names, strict=True):
+        path = root / name
         if not path.is_file():
             raise DataError(f"shard {path} is listed in {where} but does not exist; rebuild the shards")
         size = path.stat().st_size
@@ -116,7 +116,6 @@ def load_split(shards: str | Path, split: str) -> ShardSplit:
                 f"was rewritten after the manifest; rebuild the shards"
             )
         paths.append(path)
-    counts = np.array([int(e["n"]) for e in entries], dtype=np.int64)
     declared = manifest.get(f"n_{split}")
     if declared is not None and int(declared) != int(counts.sum()):
         raise DataError(
@@ -283,53 +282,26 @@ def _check_stray(path: Path, picker: _Picker) -> None:
         raise DataError(f"shard {path} holds {picker.stray!r}, which is not a sample (<key>.{SUFFIX})")
 
 
-# codec.decode_roll is inflate (zlib) + unpack (bits to bools). The loader splits the two: workers inflate
-# and ship batches still bit-packed, the main process unpacks a whole batch in one call. Shipping unpacked
-# bool batches cost more CPU than decoding them: 8x the bytes in fresh shared-memory pages, faulted in
-# by the worker and again by the main process.
-
-
-def packed_size(shape: Sequence[int]) -> int:
-    """Bytes of one bit-packed roll of ``shape`` (8 cells per byte, the last byte padded)."""
-    return (math.prod(shape) + 7) // 8
-
-
 def inflate_member(member: _Member, shape: tuple[int, ...]) -> np.ndarray:
-    """The bit-packed roll in ``member`` as uint8 (the first half of ``codec.decode_roll``).
+    """The bit-packed roll in ``member`` (``codec.inflate_roll``), or a DataError naming shard and key.
 
-    Raises DataError naming the shard and the sample's key when the member is not a roll of ``shape``.
+    Workers inflate and ship batches still packed; the main process unpacks a whole batch in one call
+    (``codec.unpack_rolls``). Shipping unpacked bool batches cost more CPU than decoding them: 8× the
+    bytes in fresh shared-memory pages, faulted in by the worker and again by the main process.
     """
-    size = packed_size(shape)
     try:
-        packed = _inflate.decompress(member.data, bufsize=size)
-        problem = None if len(packed) == size else f"it holds {len(packed)} packed bytes"
-    except (zlib.error, _inflate.error) as exc:
-        problem = f"not a {ENCODING} stream: {exc}"
-    if problem:
-        key = member.name.rsplit(".", 1)[0]
-        raise DataError(
-            f"shard {member.shard}: sample {key!r} does not decode to the manifest's shape {list(shape)} "
-            f"({problem}, a roll of that shape needs {size}); rebuild the shards"
-        )
-    return np.frombuffer(packed, dtype=np.uint8)
-
-
-def unpack_batch(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """``(n, packed_size)`` uint8 to ``(n, *shape)`` bool, in one call (the second half of decoding)."""
-    cells = np.unpackbits(packed, axis=1, count=math.prod(shape))
-    return cells.reshape(len(packed), *shape).view(bool)
-
-
-def decode_member(member: _Member, shape: tuple[int, ...]) -> np.ndarray:
-    """Decode one member to a bool array of ``shape`` or raise a DataError naming the shard and key."""
-    try:
-        return decode_roll(member.data, shape)
+        return inflate_roll(member.data, shape)
     except ValueError as exc:
         key = member.name.rsplit(".", 1)[0]
         raise DataError(
             f"shard {member.shard}: sample {key!r} does not decode to the manifest's shape {list(shape)} "
             f"({exc}); rebuild the shards"
         ) from None
+
+
+def decode_member(member: _Member, shape: tuple[int, ...]) -> np.ndarray:
+    """Decode one member to a bool array of ``shape`` or raise a DataError naming the shard and key."""
+    return unpack_rolls(inflate_member(member, shape)[None], shape)[0]
 
 
 def iter_samples(shards: str | Path, split: str = "val", limit: int | None = None) -> Iterator[np.ndarray]:
@@ -449,6 +421,8 @@ class _BatchStream(IterableDataset):
                 frontier, member = next(members)
                 pending[frontier] = member
             yield [pending.pop(int(i)) for i in row]
+        for _ in members:  # nothing left to read, but the last tar's end-of-file checks still run
+            pass
 
     def _read(self, block: np.ndarray, wanted: np.ndarray) -> Iterator[tuple[int, _Member]]:
         """Members at block indices ``wanted`` (ascending), in block order, one tar at a time."""
@@ -468,6 +442,15 @@ class _BatchStream(IterableDataset):
 
 # ---------------------------------------------------------------------------------------------------
 # The loader the trainer uses
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Workers leave SIGTERM/SIGINT/SIGUSR2 to the training process, which saves and stops them cleanly
+    (Slurm and terminals signal every process of a job; a worker must not die of it mid-batch)."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class TrainLoader:
@@ -650,19 +633,29 @@ class TrainLoader:
                     num_workers=self.num_workers,
                     prefetch_factor=_PREFETCH,
                     multiprocessing_context=context,
+                    # A private generator: the iterator otherwise draws its base seed from the global
+                    # torch RNG, so where an epoch starts (fresh or resumed) would shift later draws.
+                    generator=torch.Generator(),
+                    worker_init_fn=_ignore_stop_signals,
                 )
             )
-        for item in source:
-            if generation != self._generation:
-                raise RuntimeError(
-                    "TrainLoader: its position was changed after this iterator started; call iter() again"
-                )
-            if isinstance(item, _WorkerFailure):
-                raise DataError(item.message)
-            if isinstance(item, _Filled):
-                rolls = torch.from_numpy(unpack_batch(slots_np[item.worker, item.slot], shape))
-                free[item.worker].release()  # unpacking copied it: the worker may refill the slot
-            else:
-                rolls = torch.from_numpy(unpack_batch(item, shape))
-            self._count_batch()
-            yield rolls
+        try:
+            for item in source:
+                if generation != self._generation:
+                    raise RuntimeError(
+                        "TrainLoader: its position was changed after this iterator started; call iter() again"
+                    )
+                if isinstance(item, _WorkerFailure):
+                    raise DataError(item.message)
+                if isinstance(item, _Filled):
+                    rolls = torch.from_numpy(unpack_rolls(slots_np[item.worker, item.slot], shape))
+                    free[item.worker].release()  # unpacking copied it: the worker may refill the slot
+                else:
+                    rolls = torch.from_numpy(unpack_rolls(item, shape))
+                self._count_batch()
+                yield rolls
+        finally:
+            # Stop the workers now, by reference count: left to a later garbage collection (an exception's
+            # traceback keeps this frame alive), the DataLoader's queues are finalized first and each
+            # worker waits out a 5-second join timeout before it is killed.
+            del source
