@@ -127,6 +127,7 @@ class SlurmCluster:
     root: Path
     env: dict[str, str]
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    _held_since: dict[str, float] = field(default_factory=dict)
 
     def run(self, *cmd: str, check: bool = True, timeout: float = 30) -> str:
         """Run a Slurm client command against this cluster and return its stdout."""
@@ -147,9 +148,18 @@ class SlurmCluster:
         be after squeue already shows it PENDING: call this while waiting, not once.
         """
         state = self.run("squeue", "-h", "-j", job_id, "-o", "%T %r", check=False).split()
-        if state[:2] != ["PENDING", "BeginTime"]:
+        nodes = self.run("sinfo", "-h", "-N", "-o", "%T", check=False).split()
+        if state[:2] != ["PENDING", "BeginTime"] or any(n != "idle" for n in nodes):
+            self._held_since.pop(job_id, None)
+            return False
+        # The hold exists so that the nodes finish tearing down the previous run: starting the job the
+        # moment it is pending can reach a node that still holds its revoked credential ("Job credential
+        # revoked", and the job fails). Lift it only after the job has been held with idle nodes a while.
+        first = self._held_since.setdefault(job_id, time.monotonic())
+        if time.monotonic() - first < 3.0:
             return False
         self.run("scontrol", "update", f"jobid={job_id}", "StartTime=now", check=False)
+        self._held_since.pop(job_id, None)
         return True
 
     def describe(self, job_id: str) -> str:

@@ -46,7 +46,7 @@ def write_shards(root: Path, spec: RollSpec, splits: dict[str, np.ndarray]) -> P
     root.mkdir(parents=True)
     records, counts = [], {}
     for split, rolls in splits.items():
-        writer = ShardWriter(root, split, shard_size=4, before_replace=lambda path: None)
+        writer = ShardWriter(root, split, shard_size=4, before_write=lambda path: None)
         for roll in rolls:
             writer.add(encode_roll(roll))
         writer.flush()
