@@ -328,7 +328,9 @@ def validate_for_training(cfg: Config) -> dict:
     Raises ConfigError / DataError / ShapeError before any process group is started.
     """
     from b2b.models import check_shape
+    from b2b.zero import check_config as check_zero_config
 
+    check_zero_config(cfg)
     manifest = read_manifest(cfg.data.shards)
     shape = list(manifest["shape"])
     if cfg.data.shape is not None and list(cfg.data.shape) != shape:

@@ -35,11 +35,12 @@ from b2b import checkpoint as ckpt
 from b2b.config import Config, load_config, validate_for_training
 from b2b.data import TrainLoader, iter_samples
 from b2b.engine import Net, Precision
-from b2b.errors import B2BError, CheckpointError, DataError
+from b2b.errors import B2BError, DataError
 from b2b.losses import critic_loss, generator_loss
 from b2b.models import build_models
 from b2b.spec import RollSpec
 from b2b.tracking import RunLog, tracker_settings
+from b2b.zero import take_accelerate_deepspeed_settings
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
@@ -549,6 +550,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Everything that can be wrong with the config or the data is found before any process group.
         cfg = load_config(args.config, args.overrides)
+        # `accelerate launch --config_file configs/accelerate/zero2.yaml`: take its ZeRO stage; b2b drives
+        # DeepSpeed itself (b2b/zero.py), so accelerate must not build a DeepSpeed plugin of its own.
+        take_accelerate_deepspeed_settings(cfg)
         manifest = validate_for_training(cfg)
     except B2BError as exc:
         print(f"b2b train: error: {exc}", file=sys.stderr)
@@ -557,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trainer = Trainer(cfg, manifest)
         return trainer.run()
-    except (NonFiniteLoss, CheckpointError, DataError) as exc:
+    except B2BError as exc:  # a non-finite loss, a bad checkpoint or shard, a refused setting
         print(f"b2b train: error: {exc}", file=sys.stderr)
         if trainer is not None:
             trainer._write_status("failed", error=str(exc))
