@@ -19,6 +19,8 @@ from tqdm import tqdm
 from b2b.config import Config
 from b2b.spec import RollSpec
 
+SAMPLE_RATE = 22050  # snapshot audio
+
 
 def wandb_run_id(run_path: Path) -> str:
     """The W&B run id of this run folder, created once, so a resumed or requeued run continues it."""
@@ -50,6 +52,17 @@ def tracker_settings(cfg: Config, run_path: Path) -> tuple[str | None, dict]:
     if cfg.log.tracker == "tensorboard":
         return "tensorboard", {}
     return None, {}
+
+
+def flat_config(cfg: Config) -> dict[str, int | float | str | bool]:
+    """``{"train.precision": "bf16", "data.shape": "[4, 64, 48]", ...}``: the config as trackers take it
+    (TensorBoard's hparams accept scalars only)."""
+    flat = {}
+    for section, values in cfg.to_dict().items():
+        for key, value in values.items() if isinstance(values, dict) else [("", values)]:
+            name = f"{section}.{key}" if key else section
+            flat[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
 
 
 class RunLog:
@@ -100,7 +113,7 @@ class RunLog:
         """Save a piano-roll grid PNG and one MIDI file per sample; log image and audio to the tracker."""
         if not self.enabled:
             return None
-        from b2b.render import save_midi, save_roll_grid, synthesize
+        from b2b.render import save_midi, save_roll_grid, save_wav, synthesize
 
         folder = self.run_path / "samples"
         png = save_roll_grid(rolls, spec, folder / f"step-{step}.png", title=f"{self.cfg.name} · step {step}")
@@ -110,27 +123,25 @@ class RunLog:
         if self.cfg.log.tracker != "none":
             import pretty_midi
 
-            audio, _ = synthesize(pretty_midi.PrettyMIDI(str(midis[0])))
-            self._log_media(step, png, audio)
+            # The first sample as audio, kept beside the PNG (W&B takes the file: no soundfile needed).
+            audio, _ = synthesize(pretty_midi.PrettyMIDI(str(midis[0])), SAMPLE_RATE)
+            wav = save_wav(audio, SAMPLE_RATE, folder / f"step-{step}.wav")
+            self._log_media(step, png, audio, wav)
         return png
 
-    def _log_media(self, step: int, png: Path, audio: np.ndarray, sample_rate: int = 22050) -> None:
+    def _log_media(self, step: int, png: Path, audio: np.ndarray, wav: Path) -> None:
         tracker = self.accelerator.get_tracker(self.cfg.log.tracker, unwrap=True)
         if self.cfg.log.tracker == "wandb":
             import wandb
 
             tracker.log(
-                {
-                    "snapshot": wandb.Image(str(png)),
-                    "snapshot_audio": wandb.Audio(audio, sample_rate=sample_rate),
-                },
-                step=step,
+                {"snapshot": wandb.Image(str(png)), "snapshot_audio": wandb.Audio(str(wav))}, step=step
             )
         else:
             from PIL import Image
 
             tracker.add_image("snapshot", np.asarray(Image.open(png).convert("RGB")), step, dataformats="HWC")
-            tracker.add_audio("snapshot_audio", audio[None], step, sample_rate=sample_rate)
+            tracker.add_audio("snapshot_audio", audio[None], step, sample_rate=SAMPLE_RATE)
 
     def close(self) -> None:
         if self.bar is not None:

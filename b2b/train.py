@@ -39,7 +39,7 @@ from b2b.errors import B2BError, DataError
 from b2b.losses import critic_loss, generator_loss
 from b2b.models import build_models
 from b2b.spec import RollSpec
-from b2b.tracking import RunLog, tracker_settings
+from b2b.tracking import RunLog, flat_config, tracker_settings
 from b2b.zero import take_accelerate_deepspeed_settings
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
@@ -160,7 +160,7 @@ class Trainer:
         self.log = RunLog(cfg, self.run_path, self.accelerator, self.total_steps, self.step, self.is_main)
         if log_with is not None:
             self.accelerator.init_trackers(
-                cfg.log.project, config=cfg.to_dict(), init_kwargs=self.tracker_init
+                cfg.log.project, config=flat_config(cfg), init_kwargs=self.tracker_init
             )
         self.fixed_latents = torch.randn(
             cfg.log.n_snapshot, cfg.model.latent_dim, generator=torch.Generator().manual_seed(cfg.train.seed)
