@@ -415,6 +415,7 @@ class Trainer:
             "g_lr": self.g.lr,
             "d_lr": self.d.lr,
             "samples_per_s": samples_per_s,
+            "global_batch": self.cfg.data.batch_size * self.world_size * self.cfg.train.grad_accum,
             "skipped_g": self.g.skipped_steps,
             "skipped_d": self.d.skipped_steps,
             "epoch": self.loader.epoch,
