@@ -102,7 +102,7 @@ class Net:
         """
         self.scaler.unscale_(self.optimizer)
         params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
-        norm = float(torch.nn.utils.clip_grad_norm_(params, math.inf)) if params else 0.0
+        norm = float(torch.nn.utils.get_total_norm([p.grad for p in params])) if params else 0.0
         applied = math.isfinite(norm)
         if self.scaler.is_enabled():
             self.scaler.step(self.optimizer)  # skips by itself on inf/NaN, consistent with `applied`

@@ -357,7 +357,6 @@ class Trainer:
         stats.update(self.generator_phase())
         self.bookkeeping()
         stopped_by, stats = self._agree(stats)
-        self.log.advance()
         window_start, window_steps = self._window
         window_steps += 1
         if self.step % cfg.log.every == 0 or self.step == self.total_steps:
@@ -366,6 +365,7 @@ class Trainer:
             self.last_logged = self._log_step(stats, samples * self.world_size / max(elapsed, 1e-9))
             window_start, window_steps = time.perf_counter(), 0
         self._window = (window_start, window_steps)
+        self.log.advance()  # after the postfix is set, so the bar shows this step's values
         if cfg.log.snapshot_every and self.step % cfg.log.snapshot_every == 0:
             self.snapshot()
         if cfg.log.metrics_every and self.step % cfg.log.metrics_every == 0:
