@@ -466,10 +466,11 @@ class Trainer:
         generated = music_metrics(rolls, self.spec)
         distance = distance_to_real(generated, self.real_metrics)
         self.log.write(self.step, {"distance_to_real": distance, **_flatten("music", generated)})
+        rate, real_rate = generated.get("polyphonic_rate"), self.real_metrics.get("polyphonic_rate")
+        rate_text = "no notes above train.threshold yet" if rate is None else f"{rate:.3f}"
         self.log.message(
-            f"step {self.step}: music distance to real {distance:.4f} "
-            f"(polyphonic rate {generated.get('polyphonic_rate')} vs real "
-            f"{self.real_metrics.get('polyphonic_rate')})"
+            f"step {self.step}: music distance to real {distance:.4f}; polyphonic rate {rate_text} "
+            f"(real {'none' if real_rate is None else f'{real_rate:.3f}'})"
         )
         self.last_distance = distance
 
