@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_train import overrides
 
 from b2b import checkpoint as ckpt
 
@@ -39,30 +40,15 @@ THRESHOLD = 0.5  # an untrained generator's outputs sit near 0.5: rolls with not
 
 
 def tiny_args(shards: Path, run_dir: Path, name: str, **extra: object) -> list[str]:
-    """A tiny model (milliseconds a step) with snapshots every 2 steps; ``a__b=v`` overrides ``a.b``."""
-    values = {
-        "name": name,
-        "run_dir": run_dir,
-        "data.shards": shards,
-        "data.batch_size": 4,
-        "model.latent_dim": 16,
-        "model.g_width": 4,
-        "model.d_width": 4,
-        "loss.n_critic": 2,
-        "train.steps": STEPS,
-        "train.precision": "fp32",
-        "train.ema_beta": 0.9,
-        "train.threshold": THRESHOLD,
-        "log.progress": "false",
-        "log.every": 1,
-        "log.snapshot_every": 2,
-        "log.n_snapshot": N_SNAPSHOT,
-        "log.metrics_every": 0,
-        "checkpoint.every": 2,
-        "checkpoint.keep": 3,
+    """test_train's tiny model with snapshots every 2 steps; ``a__b=v`` overrides ``a.b``."""
+    settings = {
+        "train__steps": STEPS,
+        "train__threshold": THRESHOLD,
+        "log__snapshot_every": 2,
+        "log__n_snapshot": N_SNAPSHOT,
+        "checkpoint__keep": 3,
     }
-    values.update({k.replace("__", "."): v for k, v in extra.items()})
-    return [f"{k}={v}" for k, v in values.items()]
+    return overrides(shards, run_dir, name, **{**settings, **extra})
 
 
 def train(args: list[str], cwd: Path, **env_extra: str) -> subprocess.CompletedProcess:
