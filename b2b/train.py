@@ -376,11 +376,11 @@ class Trainer:
 
     def finish(self) -> None:
         cfg = self.cfg
-        self.save()
         if not cfg.log.snapshot_every or self.step % cfg.log.snapshot_every:
             self.snapshot()
         if not cfg.log.metrics_every or self.step % cfg.log.metrics_every:
             self.music_metrics()
+        self.save()  # after the final metrics, so the final state can be elected best
         last = getattr(self, "last_logged", {})
         self._write_status(
             "finished", **{k: v for k, v in last.items() if k in ("wasserstein", "d_loss", "g_loss")}
@@ -472,7 +472,7 @@ class Trainer:
             f"step {self.step}: music distance to real {distance:.4f}; polyphonic rate {rate_text} "
             f"(real {'none' if real_rate is None else f'{real_rate:.3f}'})"
         )
-        self.last_distance = distance
+        self.last_distance = (self.step, distance)
 
     def _real_metrics(self) -> dict:
         from b2b.metrics import music_metrics
@@ -493,7 +493,9 @@ class Trainer:
 
     def save(self) -> None:
         cfg = self.cfg
-        distance = getattr(self, "last_distance", None)
+        # Only metrics measured on this very state may elect it as the best checkpoint.
+        measured = getattr(self, "last_distance", (None, None))
+        distance = measured[1] if measured[0] == self.step else None
         is_best = distance is not None and distance < self.best_distance and self.is_main
         if is_best:
             self.best_distance = distance
