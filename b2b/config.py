@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from b2b.atomic import write_text
 from b2b.errors import ConfigError
 
 
@@ -122,10 +123,7 @@ class Config:
 
     def dump(self, path: str | Path) -> None:
         """Write the resolved config as YAML (atomically: a reader never sees half a file)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        tmp.replace(path)
+        write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
+from b2b.atomic import write_text
 from b2b.errors import B2BError, DataError
 from b2b.metrics import (
     RATE_METRICS,
@@ -263,12 +264,6 @@ def _generated(args: argparse.Namespace) -> tuple[np.ndarray, RollSpec, dict]:
     return probs >= threshold, spec, {**source, "weights": "raw" if args.no_ema else "EMA"}
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def run(args: argparse.Namespace) -> int:
     if not (args.checkpoint or args.samples or args.real_only):
         raise B2BError("b2b eval needs one of --checkpoint PATH, --samples DIR or --real-only")
@@ -329,8 +324,8 @@ def run(args: argparse.Namespace) -> int:
             f"distance to real: {distance:.4f} (mean gap over {len(gaps)} metrics; 0 = identical statistics)"
         )
 
-    _write(out / "metrics.json", json.dumps(report, indent=2))
-    _write(out / "metrics.md", f"{render_table(header, rows, markdown=True)}\n{summary}\n")
+    write_text(out / "metrics.json", json.dumps(report, indent=2))
+    write_text(out / "metrics.md", f"{render_table(header, rows, markdown=True)}\n{summary}\n")
     save_ssm_plot(panels, real_spec, out / "ssm.png")
     print(render_table(header, rows, markdown=False))
     print(summary)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from b2b.atomic import write_text
 from b2b.errors import B2BError
 from b2b.render import roll_to_midi, save_roll_grid, save_wav, synthesize, write_midi
 from b2b.spec import RollSpec
@@ -108,12 +109,6 @@ def _write_npz(path: Path, **arrays: np.ndarray) -> None:
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def render_samples(
@@ -233,8 +228,8 @@ def run(args: argparse.Namespace) -> int:
         "spec": spec.to_dict(),
         "samples": entries,
     }
-    _write_text(out / INFO_FILE, json.dumps(info, indent=2))
-    _write_text(out / "index.html", gallery_html(entries, info))
+    write_text(out / INFO_FILE, json.dumps(info, indent=2))
+    write_text(out / "index.html", gallery_html(entries, info))
     synths = ", ".join(sorted({entry["synth"] for entry in entries}))
     print(f"wrote {len(entries)} samples to {out} (audio: {synths}); open {out / 'index.html'}")
     print(f"evaluate them with: b2b eval --samples {out} --data SHARDS")

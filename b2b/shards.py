@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from b2b.atomic import write_bytes, write_text
 from b2b.codec import ENCODING, SUFFIX, decode_roll, encode_roll
 from b2b.errors import B2BError, ConfigError, DataError
 from b2b.sources import (
@@ -279,16 +280,6 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``path.tmp``, flush it to disk, then rename: readers see the old file or the whole new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class ShardWriter:
     """Appends samples of one split to ``<split>-00000.tar``, ``<split>-00001.tar``, ... in ``out``.
 
@@ -320,7 +311,7 @@ class ShardWriter:
             self.reused += 1
         else:
             self.before_write(path)
-            write_atomic(path, data)
+            write_bytes(path, data)
         self.records.append(
             {"name": name, "split": self.split, "n": len(self.buffer), "bytes": len(data), "sha256": sha}
         )
@@ -440,7 +431,7 @@ class _OutputFolder:
         """Write the manifest (if it changed), then remove leftovers: old shards, temporaries, the cache."""
         text = json.dumps(manifest, indent=1) + "\n"
         if not (self.manifest_path.is_file() and self.manifest_path.read_text() == text):
-            write_atomic(self.manifest_path, text.encode())
+            write_text(self.manifest_path, text)
         listed = {s["name"] for s in manifest["shards"]}
         for path in self.out.iterdir():
             stale_tar = (

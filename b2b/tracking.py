@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from b2b.atomic import write_text
 from b2b.config import Config
 from b2b.spec import RollSpec
 
@@ -28,9 +29,7 @@ def wandb_run_id(run_path: Path) -> str:
     if path.is_file():
         return path.read_text().strip()
     run_id = uuid.uuid4().hex[:12]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(run_id + "\n")
-    os.replace(tmp, path)
+    write_text(path, run_id + "\n")
     return run_id
 
 
@@ -161,6 +160,4 @@ def _truncate_after(path: Path, step: int) -> None:
     kept = [
         line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step
     ]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    write_text(path, "".join(line + "\n" for line in kept))

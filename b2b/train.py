@@ -16,7 +16,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -32,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from b2b import checkpoint as ckpt
+from b2b.atomic import write_text
 from b2b.config import Config, load_config, validate_for_training
 from b2b.data import TrainLoader, iter_samples
 from b2b.engine import Net, Precision
@@ -483,9 +483,7 @@ class Trainer:
         split = "val" if self.manifest.get("n_val") else "train"
         rolls = np.stack(list(iter_samples(self.cfg.data.shards, split=split, limit=self.cfg.log.metrics_n)))
         real = music_metrics(rolls, self.spec)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(real, indent=2))
-        os.replace(tmp, path)
+        write_text(path, json.dumps(real, indent=2))
         return real
 
     # ------------------------------------------------------------------------------------------------
@@ -534,9 +532,7 @@ class Trainer:
         if not self.is_main:
             return
         path = self.run_path / "status.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"state": state, "step": self.step, "time": time.time(), **extra}) + "\n")
-        os.replace(tmp, path)
+        write_text(path, json.dumps({"state": state, "step": self.step, "time": time.time(), **extra}) + "\n")
 
 
 def _flatten(prefix: str, value: object) -> dict:
