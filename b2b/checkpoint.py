@@ -219,6 +219,18 @@ def copy_as(checkpoint: Path, name: str) -> Path:
 # ---------------------------------------------------------------------------------------------------
 # Loading
 
+# Config keys added since the first checkpoints, with the value those checkpoints were trained with (the
+# current default may differ): a model saved before ``model.output`` existed had the seed's sigmoid.
+_BEFORE_KEYS = {("model", "output"): "sigmoid", ("model", "density_init"): False}
+
+
+def saved_config(values: dict, where: str) -> Config:
+    """The Config a checkpoint or export was trained with, from its saved dict (older ones included)."""
+    values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    for (section, key), old in _BEFORE_KEYS.items():
+        values.setdefault(section, {}).setdefault(key, old)
+    return config_from_dict(values, where)
+
 
 def read_meta(checkpoint: str | Path) -> dict:
     path = resolve_checkpoint(checkpoint)
@@ -280,7 +292,7 @@ def load_generator(path: str | Path, use_ema: bool = True) -> tuple[nn.Module, R
         return _load_exported(path)
     checkpoint = resolve_checkpoint(path)
     meta = read_meta(checkpoint)
-    cfg = config_from_dict(meta["config"], f" (config saved in {checkpoint})")
+    cfg = saved_config(meta["config"], f" (config saved in {checkpoint})")
     spec = RollSpec.from_dict(meta["spec"])
     generator, _ = build_models(cfg, spec.shape)
     state = torch.load(checkpoint / "models.pt", map_location="cpu", weights_only=True)
@@ -323,7 +335,7 @@ def _load_exported(path: Path) -> tuple[nn.Module, RollSpec, Config]:
         raise CheckpointError(
             f"{path} is not a b2b export (no b2b_config metadata); make one with `b2b export`"
         )
-    cfg = config_from_dict(json.loads(metadata["b2b_config"]), f" (config in {path})")
+    cfg = saved_config(json.loads(metadata["b2b_config"]), f" (config in {path})")
     spec = RollSpec.from_dict(json.loads(metadata["b2b_spec"]))
     generator, _ = build_models(cfg, spec.shape)
     generator.load_state_dict(load_file(str(path)))

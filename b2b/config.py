@@ -9,7 +9,6 @@ adds the checks that need the file system (shards present, shape producible by t
 from __future__ import annotations
 
 import dataclasses
-import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ class DataConfig:
     batch_size: int = field(default=16, metadata=_at_least(1))  # per device and micro-batch
     num_workers: int = field(default=0, metadata=_at_least(0))  # DataLoader workers per rank
     shuffle_buffer: int = field(default=1024, metadata=_at_least(1))  # samples held for shuffling
+    transpose: int = field(default=0, metadata=_at_least(0))  # random pitch shift of ± this many semitones
 
 
 @dataclass
@@ -47,6 +47,10 @@ class ModelConfig:
     critic_norm: str = field(default="layer", metadata=_choice("batch", "layer", "none"))
     dropout: float = field(default=0.3, metadata={"min": 0.0, "max": 0.99})
     sync_batchnorm: bool = False
+    # What the critic sees from the generator: probabilities, or binary notes (straight-through).
+    output: str = field(default="binary_det", metadata=_choice("sigmoid", "binary_det", "binary_stoch"))
+    density_init: bool = True  # start each track's output bias at logit(its on-cell share in the data)
+    mbstd_group: int = field(default=0, metadata=_at_least(0))  # minibatch-std channel in the critic
 
 
 @dataclass
@@ -304,27 +308,12 @@ def _check_consistency(cfg: Config) -> None:
 # Checks that need the file system
 
 
-def read_manifest(shards: str | Path) -> dict:
-    """Read ``<shards>/manifest.json`` or raise a DataError that says how to build it."""
-    from b2b.errors import DataError
-
-    path = Path(shards) / "manifest.json"
-    if not path.is_file():
-        raise DataError(
-            f"no shards at {str(shards)!r}: {path} does not exist. Build them with "
-            f"`b2b shards build --source demo --output {shards}` (or --source lpd/midi --input DIR)"
-        )
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path} is not valid JSON ({exc}); rebuild the shards") from None
-
-
 def validate_for_training(cfg: Config) -> dict:
     """Check what training needs from disk; return the shards' manifest.
 
     Raises ConfigError / DataError / ShapeError before any process group is started.
     """
+    from b2b.manifest import read_manifest
     from b2b.models import check_shape
     from b2b.zero import check_config as check_zero_config
 

@@ -44,11 +44,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import tar_file_iterator
 
 from b2b.codec import ENCODING, SUFFIX, inflate_roll, packed_size, unpack_rolls
-from b2b.config import read_manifest
 from b2b.errors import B2BError, ConfigError, DataError
+from b2b.manifest import read_manifest
 
 STATE_FORMAT = "b2b-loader/1"
-_SHARD_TAG, _WINDOW_TAG = 0, 1  # keep the two random streams of an epoch apart
+_SHARD_TAG, _WINDOW_TAG, _TRANSPOSE_TAG = 0, 1, 2  # keep the random streams of an epoch apart
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -326,6 +326,48 @@ def iter_samples(shards: str | Path, split: str = "val", limit: int | None = Non
             produced += 1
 
 
+def track_density(shards: str | Path, split: str = "train", limit: int = 2048) -> np.ndarray:
+    """Each track's share of on-cells over the first ``limit`` samples of ``split``: ``(tracks,)`` float64.
+
+    The same on every rank (shard order, no shuffling), so a network initialised from it starts identical
+    everywhere.
+    """
+    total, count = None, 0
+    for roll in iter_samples(shards, split=split, limit=limit):
+        per_track = roll.reshape(roll.shape[0], -1).mean(axis=1, dtype=np.float64)
+        total = per_track if total is None else total + per_track
+        count += 1
+    if total is None:
+        raise DataError(f"the {split} split of {shards} holds no samples")
+    return total / count
+
+
+def transpose_shifts(
+    rolls: np.ndarray, pitched: np.ndarray, limit: int, rng: np.random.Generator
+) -> np.ndarray:
+    """A shift in semitones per sample, uniform over ``-limit..limit`` cut to the sample's free room, so
+    no note leaves the pitch range (an empty sample is not shifted)."""
+    sounding = rolls[:, pitched].any(axis=(1, 2))  # (n, pitch)
+    n_pitches = rolls.shape[-1]
+    shifts = np.zeros(len(rolls), dtype=np.int64)
+    for i, row in enumerate(sounding):
+        on = np.flatnonzero(row)
+        if on.size:
+            low, high = max(-limit, -int(on[0])), min(limit, n_pitches - 1 - int(on[-1]))
+            shifts[i] = rng.integers(low, high + 1)
+    return shifts
+
+
+def transpose(rolls: np.ndarray, pitched: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """``rolls`` ``(n, tracks, time, pitch)`` with the ``pitched`` tracks of sample ``i`` moved up by
+    ``shifts[i]`` semitones (drum tracks stay); in place, returned."""
+    for i, shift in enumerate(shifts.tolist()):
+        if shift:
+            tracks = rolls[i, pitched]
+            rolls[i, pitched] = np.roll(tracks, shift, axis=-1)  # the room was checked: nothing wraps
+    return rolls
+
+
 # ---------------------------------------------------------------------------------------------------
 # One rank's endless stream of batches (runs in the DataLoader workers)
 
@@ -473,6 +515,10 @@ class TrainLoader:
         Shuffle window: a sample comes out at most this many places from where it sits in the rank's block.
     split : str
         Which split of the manifest to read.
+    transpose : int
+        Pitch-transposition augmentation: each sample's pitched tracks move by a random number of semitones
+        in ``-transpose..transpose`` (cut so no note leaves the range; drums stay). The shift of a batch is
+        a function of the seed and the batch's position, so a resumed run sees the same shifts.
 
     Attributes
     ----------
@@ -493,8 +539,10 @@ class TrainLoader:
         num_workers: int = 0,
         shuffle_buffer: int = 1024,
         split: str = "train",
+        transpose: int = 0,
     ):
         for name, value, low in (
+            ("transpose", transpose, 0),
             ("batch_size", batch_size, 1),
             ("world_size", world_size, 1),
             ("num_workers", num_workers, 0),
@@ -505,7 +553,9 @@ class TrainLoader:
         if not 0 <= rank < world_size:
             raise ConfigError(f"TrainLoader: rank {rank} is outside 0..{world_size - 1}")
         self.data = load_split(shards, split)
-        self.rank, self.seed, self.num_workers = rank, seed, num_workers
+        self.rank, self.seed, self.num_workers, self.transpose = rank, seed, num_workers, transpose
+        tracks = read_manifest(shards).get("spec", {}).get("tracks", [])
+        self.pitched = np.array([not t.get("is_drum", False) for t in tracks] or [True] * self.data.shape[0])
         self.layout = Segment(world_size, batch_size, shuffle_buffer, lanes=max(1, num_workers))
         n = self.data.n_samples
         if n < world_size * batch_size:
@@ -648,12 +698,17 @@ class TrainLoader:
                 if isinstance(item, _WorkerFailure):
                     raise DataError(item.message)
                 if isinstance(item, _Filled):
-                    rolls = torch.from_numpy(unpack_rolls(slots_np[item.worker, item.slot], shape))
+                    rolls = unpack_rolls(slots_np[item.worker, item.slot], shape)
                     free[item.worker].release()  # unpacking copied it: the worker may refill the slot
                 else:
-                    rolls = torch.from_numpy(unpack_rolls(item, shape))
+                    rolls = unpack_rolls(item, shape)
+                if self.transpose:
+                    rng = _rng(
+                        self.seed, self.epoch, _TRANSPOSE_TAG, len(self._history), self.rank, self._done
+                    )
+                    transpose(rolls, self.pitched, transpose_shifts(rolls, self.pitched, self.transpose, rng))
                 self._count_batch()
-                yield rolls
+                yield torch.from_numpy(rolls)
         finally:
             # Stop the workers now, by reference count: left to a later garbage collection (an exception's
             # traceback keeps this frame alive), the DataLoader's queues are finalized first and each

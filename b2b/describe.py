@@ -20,9 +20,10 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from b2b.config import Config, load_config, read_manifest
+from b2b.config import Config, load_config
 from b2b.errors import ConfigError
 from b2b.losses import critic_loss, generator_loss
+from b2b.manifest import read_manifest
 from b2b.models import build_models, layer_plan
 
 _BATCH = 2  # FLOPs are linear in the batch; 2 keeps batch norm's training-mode statistics defined

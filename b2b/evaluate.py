@@ -93,7 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def shards_spec(shards: str | Path) -> RollSpec:
     """The RollSpec recorded in a shards folder's manifest."""
-    from b2b.config import read_manifest
+    from b2b.manifest import read_manifest
 
     manifest = read_manifest(shards)
     if "spec" not in manifest:
@@ -103,7 +103,7 @@ def shards_spec(shards: str | Path) -> RollSpec:
 
 def pick_split(shards: str | Path, split: str) -> str:
     """``auto``: ``val`` when the shards have validation samples, else ``train``."""
-    from b2b.config import read_manifest
+    from b2b.manifest import read_manifest
 
     if split != "auto":
         return split
@@ -255,13 +255,14 @@ def _generated(args: argparse.Namespace) -> tuple[np.ndarray, RollSpec, dict]:
             {"samples": str(args.samples), "checkpoint": info.get("checkpoint"), "n": len(rolls)},
         )
     from b2b.checkpoint import load_generator
-    from b2b.sample import generate, resolve_device
+    from b2b.sample import generate, resolve_device, to_notes
 
     generator, spec, cfg = load_generator(args.checkpoint, use_ema=not args.no_ema)
     threshold = cfg.train.threshold if args.threshold is None else args.threshold
     probs = generate(generator, args.n, args.seed, resolve_device(args.device))
     source = {"checkpoint": str(args.checkpoint), "n": args.n, "seed": args.seed, "threshold": threshold}
-    return probs >= threshold, spec, {**source, "weights": "raw" if args.no_ema else "EMA"}
+    rolls = to_notes(probs, generator.output, threshold, args.seed)
+    return rolls, spec, {**source, "weights": "raw" if args.no_ema else "EMA"}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,6 +28,11 @@ pitches_used
     Number of distinct pitches with an on-step in a bar, averaged over non-empty bars (all tracks).
 polyphony
     Mean number of pitches on at a time step, over the track's time steps with at least one pitch on.
+density
+    Share of the track's cells (steps × pitches) that are on. Compared to real as a ratio.
+mono (voice leading)
+    Share of the track's sounding steps with exactly one pitch on (pitched tracks only): 1 for a clean
+    monophonic voice (a chorale's soprano), lower when a voice splits into clusters or stutters.
 polyphonic_rate (overall)
     The seed notebook's "mean number of simultaneous notes per time step": the same mean pooled over
     every (sample, track, step) with at least one pitch on, drums included.
@@ -36,6 +41,10 @@ TD (tonal distance), for each pair of pitched tracks ``"A-B"``
     6-D tonal centroid (fifths, minor thirds, major thirds circles with radii 1, 1, 0.5); TD is the
     Euclidean distance between the two centroids, averaged over the beats where both tracks play. As
     MuseGAN's code, which also works per beat.
+
+diversity (of the set)
+    Mean pairwise Jaccard distance among the samples (:func:`b2b.diversity.mean_pairwise_distance`), on a
+    seeded uniform subset of at most ``diversity_n`` samples. Compared to real as a ratio.
 
 A metric is ``None`` where it is undefined (UPC of a track that never plays, TD of tracks that never play
 in the same beat). :func:`distance_to_real` folds a generated and a real metrics dict into one number.
@@ -49,12 +58,16 @@ from itertools import combinations
 
 import numpy as np
 
+from b2b.diversity import mean_pairwise_distance
 from b2b.errors import B2BError, ShapeError
 from b2b.spec import RollSpec
 
-# Rates live in [0, 1]: their gap to real is absolute. The others are compared relative to real.
-RATE_METRICS = ("EB", "QN", "DP")
-TRACK_METRICS = ("EB", "UPC", "QN", "DP", "pitches_used", "polyphony")
+# Rates live in [0, 1]: their gap to real is absolute. Densities are compared by their ratio (half or
+# twice the real density is fully wrong); the others relative to real.
+RATE_METRICS = ("EB", "QN", "DP", "mono")
+RATIO_METRICS = ("density",)
+TRACK_METRICS = ("EB", "density", "UPC", "QN", "DP", "mono", "pitches_used", "polyphony")
+DIVERSITY_N = 512  # samples kept for the pairwise diversity of a set
 CHUNK = 128  # samples per vectorized pass: bounds memory for LPD-17-sized batches
 
 
@@ -97,6 +110,7 @@ class MetricsAccumulator:
     """
 
     spec: RollSpec
+    diversity_n: int = DIVERSITY_N
     n_samples: int = 0
     sums: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -104,8 +118,11 @@ class MetricsAccumulator:
         self.spec.check()
         c = len(self.spec.tracks)
         self.pairs = pitched_pairs(self.spec)
+        # A uniform, seeded subset of the samples seen (reservoir sampling) for the pairwise diversity.
+        self.kept: list[np.ndarray] = []
+        self._reservoir = np.random.default_rng(0)
         names = ("bars", "empty_bars", "pc_sum", "pitch_sum", "notes", "qualified", "on_grid")
-        for name in (*names, "poly_notes", "poly_steps"):
+        for name in (*names, "poly_notes", "poly_steps", "mono_steps"):
             self.sums[name] = np.zeros(c, dtype=np.int64)
         self.sums["td_sum"] = np.zeros(len(self.pairs), dtype=np.float64)
         self.sums["td_beats"] = np.zeros(len(self.pairs), dtype=np.int64)
@@ -127,8 +144,18 @@ class MetricsAccumulator:
             )
         for start in range(0, len(rolls), CHUNK):
             self._update_chunk(rolls[start : start + CHUNK])
-        self.n_samples += len(rolls)
+        for roll in rolls:
+            self._keep(roll)
         return self
+
+    def _keep(self, roll: np.ndarray) -> None:
+        self.n_samples += 1
+        if len(self.kept) < self.diversity_n:
+            self.kept.append(roll.copy())
+        else:
+            slot = int(self._reservoir.integers(self.n_samples))
+            if slot < self.diversity_n:
+                self.kept[slot] = roll.copy()
 
     def _update_chunk(self, x: np.ndarray) -> None:
         # Counts are summed as uint8/uint16 views of the bool roll: numpy's default bool sums go
@@ -152,6 +179,7 @@ class MetricsAccumulator:
         per_step = u.sum(axis=3, dtype=count)  # (n, c, t)
         s["poly_notes"] += per_step.sum(axis=(0, 2), dtype=np.int64)
         s["poly_steps"] += np.count_nonzero(per_step, axis=(0, 2))
+        s["mono_steps"] += np.count_nonzero(per_step == 1, axis=(0, 2))
 
         # Notes: an onset is an on-step whose previous step (if any) is off.
         onsets = np.empty_like(x)
@@ -187,14 +215,16 @@ class MetricsAccumulator:
             return float(num[i] / den[i]) if den[i] > 0 else None
 
         nonempty = s["bars"] - s["empty_bars"]
+        cells = np.full(len(self.spec.tracks), self.n_samples * self.spec.shape[1] * self.spec.shape[2])
         tracks = {}
         for i, track in enumerate(self.spec.tracks):
-            values = {"EB": ratio(s["empty_bars"], s["bars"], i)}
+            values = {"EB": ratio(s["empty_bars"], s["bars"], i), "density": ratio(s["poly_notes"], cells, i)}
             if track.is_drum:
                 values["DP"] = ratio(s["on_grid"], s["notes"], i)
             else:
                 values["UPC"] = ratio(s["pc_sum"], nonempty, i)
                 values["QN"] = ratio(s["qualified"], s["notes"], i)
+                values["mono"] = ratio(s["mono_steps"], s["poly_steps"], i)
             values["pitches_used"] = ratio(s["pitch_sum"], nonempty, i)
             values["polyphony"] = ratio(s["poly_notes"], s["poly_steps"], i)
             tracks[track.name] = values
@@ -208,6 +238,7 @@ class MetricsAccumulator:
                 f"{names[a]}-{names[b]}": ratio(s["td_sum"], s["td_beats"], k)
                 for k, (a, b) in enumerate(self.pairs)
             },
+            "diversity": mean_pairwise_distance(np.stack(self.kept)) if len(self.kept) > 1 else None,
         }
 
 
@@ -252,38 +283,67 @@ def _gap(metric: str, generated: float | None, real: float | None) -> float | No
         return 1.0
     if metric in RATE_METRICS:
         gap = abs(generated - real)
-    elif real == 0:
-        gap = 0.0 if generated == 0 else 1.0
+    elif real == 0 or generated == 0:
+        gap = 0.0 if generated == real else 1.0
+    elif metric in RATIO_METRICS:
+        gap = abs(math.log2(generated / real))
     else:
         gap = abs(generated - real) / abs(real)
     return min(gap, 1.0)
 
 
+def silent_tracks(metrics: dict) -> set[str]:
+    """Names of the tracks with no note in any bar of the set."""
+    return {name for name, values in metrics["tracks"].items() if values.get("EB") == 1.0}
+
+
 def metric_gaps(generated: dict, real: dict) -> dict[str, float]:
     """Gap to real per metric (see :func:`distance_to_real`), keyed as :func:`metric_items`."""
     gen_items, real_items = metric_items(generated), metric_items(real)
+    # A track that plays in the real set but not at all in the generated one is wholly wrong: every entry
+    # that involves it counts 1, also those (as the note-length rate QN) that a silent track leaves undefined.
+    muted = silent_tracks(generated) - silent_tracks(real) if generated.get("tracks") else set()
     gaps = {}
     for key in real_items.keys() | gen_items.keys():
-        gap = _gap(key.split("/")[0], gen_items.get(key), real_items.get(key))
+        metric, _, what = key.partition("/")
+        if muted & set(what.split("-")):
+            gaps[key] = 1.0
+            continue
+        gap = _gap(metric, gen_items.get(key), real_items.get(key))
         if gap is not None:
             gaps[key] = gap
     return dict(sorted(gaps.items()))
 
 
+def diversity_ratio(generated: dict, real: dict) -> float | None:
+    """Generated diversity over real diversity (1: as diverse as real), None where undefined."""
+    g, r = generated.get("diversity"), real.get("diversity")
+    if g is None or not r:
+        return None
+    return g / r
+
+
 def distance_to_real(generated: dict, real: dict) -> float:
-    """One number for how far generated statistics are from real ones: lower is better, 0 = identical.
+    """One number for how far a generated set is from a real one: lower is better, 0 = identical.
 
-    The mean, over every metric entry (each track's EB, UPC, QN, DP, pitches used and polyphony, every
-    TD pair, the overall polyphonic rate), of its gap:
+    ``1 - (1 - S) * D``, where ``S`` is the mean gap of the music statistics and ``D`` how close the
+    set's diversity is to real (``min(ratio, 1 / ratio)``; 0 for a set whose diversity is 0, e.g. a
+    silent or fully collapsed generator; 1 where a set is too small to measure it). So a collapsed
+    generator scores badly however right its statistics, and the distance lies in [0, 1].
 
-    - rates in [0, 1] (EB, QN, DP): ``|g - r|``;
-    - the others (UPC, pitches used, polyphony, polyphonic rate, TD): ``|g - r| / r`` (``r = 0``: 0 if
-      ``g = 0``, else 1);
-    - each gap capped at 1; an entry undefined on one side only (e.g. a track that never plays in the
-      generated set but does in the real one) counts 1; undefined on both sides, it is left out.
+    ``S`` is the mean, over every metric entry (each track's EB, density, UPC, QN, DP, mono, pitches used
+    and polyphony, every TD pair, the overall polyphonic rate), of its gap:
 
-    So the distance lies in [0, 1]. It is meant to compare runs and checkpoints on the same corpus and
-    spec (the set of entries depends on the tracks).
+    - rates in [0, 1] (EB, QN, DP, mono): ``|g - r|``;
+    - density: ``|log2(g / r)|`` (half or twice the real density is fully wrong);
+    - the others (UPC, pitches used, polyphony, polyphonic rate, TD): ``|g - r| / r``;
+    - where ``r`` or ``g`` is 0, the gap is 0 if both are, else 1;
+    - each gap capped at 1; an entry undefined on one side only counts 1; undefined on both sides, it is
+      left out;
+    - every entry of a track that plays in the real set but is silent in the generated one counts 1.
+
+    It is meant to compare runs and checkpoints on the same corpus and spec (the set of entries depends
+    on the tracks).
 
     Parameters
     ----------
@@ -297,7 +357,10 @@ def distance_to_real(generated: dict, real: dict) -> float:
     gaps = metric_gaps(generated, real)
     if not gaps:
         raise B2BError("distance_to_real: the metrics dicts have no metric in common")
-    return float(np.mean(list(gaps.values())))
+    statistics = float(np.mean(list(gaps.values())))
+    ratio = diversity_ratio(generated, real)
+    closeness = 1.0 if ratio is None else min(ratio, 1.0 / ratio) if ratio > 0 else 0.0
+    return 1.0 - (1.0 - statistics) * closeness
 
 
 def self_similarity(roll: np.ndarray, spec: RollSpec) -> np.ndarray:

@@ -220,8 +220,37 @@ def _critic_channels(width: int) -> list[int]:
     return [width, 2 * width, 4 * width, 4 * width, 8 * width]
 
 
+OUTPUTS = ("sigmoid", "binary_det", "binary_stoch")
+
+
+def binarize(
+    probs: torch.Tensor, output: str, threshold: float = 0.5, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Notes (0/1, the dtype of ``probs``) from note probabilities, the way ``output`` makes them.
+
+    ``sigmoid`` and ``binary_det``: a cell is a note when its probability is at least ``threshold``;
+    ``binary_stoch``: each cell is a Bernoulli draw with its probability, from ``generator`` (on the
+    device of ``probs``) or the global torch RNG.
+    """
+    if output == "binary_stoch":
+        noise = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=probs.dtype)
+        return (noise < probs).to(probs.dtype)
+    if output in ("sigmoid", "binary_det"):
+        return (probs >= threshold).to(probs.dtype)
+    raise ValueError(f"generator output {output!r} is not one of {', '.join(OUTPUTS)}")
+
+
+def straight_through(probs: torch.Tensor, output: str, threshold: float = 0.5) -> torch.Tensor:
+    """Binary notes forward, the identity backward (BinaryMuseGAN's binary neurons, Dong & Yang 2018).
+
+    The critic then sees exactly binary rolls, like the real ones, and cannot tell fakes by their
+    in-between values; the generator still gets the gradient with respect to its probabilities.
+    """
+    return probs + (binarize(probs.detach(), output, threshold) - probs.detach())
+
+
 class Generator(nn.Module):
-    """Latent vector → piano roll in (0, 1): six transposed convolutions, attention after the fourth.
+    """Latent vector → piano roll: six transposed convolutions, attention after the fourth.
 
     Parameters
     ----------
@@ -231,13 +260,29 @@ class Generator(nn.Module):
         Size of the latent vector.
     width : int
         Channel multiplier; the last hidden layer has ``width`` channels, the first ``8 * width``.
+    output : {"sigmoid", "binary_det", "binary_stoch"}
+        What :meth:`forward` returns: note probabilities (the seed's sigmoid), or binary notes through a
+        deterministic (``probs >= threshold``) or stochastic (Bernoulli) straight-through estimator.
+    threshold : float
+        Probability at which ``binary_det`` makes a note.
     """
 
-    def __init__(self, shape: Sequence[int], latent_dim: int, width: int):
+    def __init__(
+        self,
+        shape: Sequence[int],
+        latent_dim: int,
+        width: int,
+        output: str = "sigmoid",
+        threshold: float = 0.5,
+    ):
         super().__init__()
+        if output not in OUTPUTS:
+            raise ValueError(f"generator output {output!r} is not one of {', '.join(OUTPUTS)}")
         plan = layer_plan(shape)
         self.shape = plan.shape
         self.latent_dim = latent_dim
+        self.output = output
+        self.threshold = threshold
         channels = _generator_channels(width)
         layers: list[nn.Module] = [self._block(latent_dim, channels[0], plan.initial, (1, 1), 0)]
         ins = channels
@@ -262,9 +307,29 @@ class Generator(nn.Module):
             nn.PReLU(c_out),
         )
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """Map ``z`` of shape ``(N, latent_dim)`` to samples ``(N, tracks, time, pitch)`` in (0, 1)."""
+    def probabilities(self, z: torch.Tensor) -> torch.Tensor:
+        """Note probabilities ``(N, tracks, time, pitch)`` in (0, 1) for latents ``(N, latent_dim)``."""
         return self.net(z.view(z.shape[0], self.latent_dim, 1, 1))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """What the critic sees: probabilities (``sigmoid``) or straight-through binary notes."""
+        probs = self.probabilities(z)
+        if self.output == "sigmoid":
+            return probs
+        return straight_through(probs, self.output, self.threshold)
+
+    @torch.no_grad()
+    def init_output_bias(self, density: Sequence[float], floor: float = 1e-4) -> None:
+        """Start each track at its share of on-cells in the data: bias = logit(density), clipped.
+
+        A track that is silent in the data starts (and, its sigmoid saturated, stays) near silent; a sparse
+        voice starts sparse instead of at probability 0.5 everywhere.
+        """
+        conv = self.net[-1][0]
+        density = torch.as_tensor(density, dtype=torch.float64).clamp(floor, 1 - floor)
+        if density.shape != conv.bias.shape:
+            raise ValueError(f"density has {density.numel()} tracks, the generator {conv.bias.numel()}")
+        conv.bias.copy_(torch.logit(density).to(conv.bias.dtype))
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -277,6 +342,27 @@ def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "none":
         return nn.Identity()
     raise ValueError(f"critic norm {kind!r} is not one of 'batch', 'layer', 'none'")
+
+
+class MinibatchStd(nn.Module):
+    """Appends one channel: the features' standard deviation across a group of samples (StyleGAN).
+
+    A critic that sees how much a group of samples differs can tell a collapsed generator (near-identical
+    samples) from real data, whose samples differ. Groups are consecutive samples; the group size is the
+    largest divisor of the batch not above ``group``.
+    """
+
+    def __init__(self, group: int):
+        super().__init__()
+        self.group = group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        g = next(k for k in range(min(self.group, n), 0, -1) if n % k == 0)
+        y = x.reshape(g, n // g, c, h, w)
+        std = (y - y.mean(dim=0)).square().mean(dim=0).add(1e-8).sqrt()  # (n/g, c, h, w)
+        feature = std.mean(dim=(1, 2, 3)).reshape(1, n // g, 1, 1, 1).expand(g, n // g, 1, h, w)
+        return torch.cat([x, feature.reshape(n, 1, h, w)], dim=1)
 
 
 class Critic(nn.Module):
@@ -293,9 +379,18 @@ class Critic(nn.Module):
         depend on the rest of its batch, which the per-sample gradient penalty assumes it does not.
     dropout : float
         Dropout before the final linear layer.
+    mbstd_group : int
+        Group size of a :class:`MinibatchStd` channel before the head; 0 leaves it out (the seed's).
     """
 
-    def __init__(self, shape: Sequence[int], width: int, norm: str = "layer", dropout: float = 0.3):
+    def __init__(
+        self,
+        shape: Sequence[int],
+        width: int,
+        norm: str = "layer",
+        dropout: float = 0.3,
+        mbstd_group: int = 0,
+    ):
         super().__init__()
         plan = layer_plan(shape)
         self.shape = plan.shape
@@ -310,6 +405,9 @@ class Critic(nn.Module):
             if i == 2:
                 layers.append(SelfAttention(c_out))
             c_in = c_out
+        if mbstd_group:
+            layers.append(MinibatchStd(mbstd_group))
+            c_in += 1
         self.body = nn.Sequential(*layers)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(c_in * plan.initial[0] * plan.initial[1], 1)
@@ -348,8 +446,8 @@ def build_models(cfg, shape: Sequence[int]) -> tuple[Generator, Critic]:
     """
     m = cfg.model
     check_shape(shape)
-    generator = Generator(shape, m.latent_dim, m.g_width)
-    critic = Critic(shape, m.d_width, norm=m.critic_norm, dropout=m.dropout)
+    generator = Generator(shape, m.latent_dim, m.g_width, output=m.output, threshold=cfg.train.threshold)
+    critic = Critic(shape, m.d_width, norm=m.critic_norm, dropout=m.dropout, mbstd_group=m.mbstd_group)
     if m.sync_batchnorm:
         generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
         critic = nn.SyncBatchNorm.convert_sync_batchnorm(critic)

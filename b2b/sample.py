@@ -39,7 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", required=True, help="output folder (created; files of the same names are replaced)"
     )
     parser.add_argument(
-        "--threshold", type=float, help="binarize at this probability (default: the run's, 0.9)"
+        "--threshold", type=float, help="a cell is a note from this probability on (default: the run's)"
+    )
+    parser.add_argument(
+        "--bernoulli",
+        action="store_true",
+        help="draw each cell as a note with its probability (default: as trained: the threshold, or "
+        "Bernoulli draws for model.output=binary_stoch)",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="latent seed: same seed, same samples (default 0)"
@@ -82,8 +88,8 @@ def generate(
 
     Parameters
     ----------
-    generator : torch.nn.Module
-        Has ``latent_dim``; maps ``(B, latent_dim)`` to ``(B, C, T, P)`` probabilities. Put in eval mode.
+    generator : b2b.models.Generator
+        Its ``probabilities`` map ``(B, latent_dim)`` to ``(B, C, T, P)``. Put in eval mode.
     n, seed : int
     device : str or torch.device
     batch_size : int
@@ -98,8 +104,20 @@ def generate(
         raise B2BError(f"--n must be at least 1, got {n}")
     latents = torch.randn(n, generator.latent_dim, generator=torch.Generator().manual_seed(seed))
     generator = generator.eval().to(device)
-    parts = [generator(z.to(device)).float().cpu() for z in latents.split(batch_size)]
+    parts = [generator.probabilities(z.to(device)).float().cpu() for z in latents.split(batch_size)]
     return torch.cat(parts).numpy()
+
+
+def to_notes(
+    probs: np.ndarray, output: str, threshold: float, seed: int, bernoulli: bool = False
+) -> np.ndarray:
+    """Bool rolls from probabilities, as ``output`` makes notes in training (:func:`b2b.models.binarize`),
+    or Bernoulli draws with ``bernoulli``; draws are seeded by ``seed``."""
+    from b2b.models import binarize
+
+    mode = "binary_stoch" if bernoulli else output
+    draws = torch.Generator().manual_seed(seed)
+    return binarize(torch.from_numpy(probs), mode, threshold, draws).bool().numpy()
 
 
 def _write_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -113,6 +131,7 @@ def _write_npz(path: Path, **arrays: np.ndarray) -> None:
 
 def render_samples(
     probs: np.ndarray,
+    rolls: np.ndarray,
     spec: RollSpec,
     out: str | Path,
     threshold: float,
@@ -123,12 +142,11 @@ def render_samples(
     """Write MIDI, PNG, NPZ and WAV for each sample in ``out``; return one entry per sample.
 
     Each entry: ``{"name", "midi", "png", "npz", "wav", "notes", "synth"}`` (file names relative to
-    ``out``). The ``.npz`` holds ``probs`` (float32, the generator's output), ``roll`` (bool,
-    ``probs >= threshold``), ``threshold`` and ``spec`` (the RollSpec as JSON).
+    ``out``). The ``.npz`` holds ``probs`` (float32, the generator's probabilities), ``roll`` (bool, the
+    notes made from them), ``threshold`` and ``spec`` (the RollSpec as JSON).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rolls = probs >= threshold
     step_seconds = 60.0 / tempo / spec.steps_per_beat
     min_frames = int(np.ceil(spec.shape[1] * step_seconds * sample_rate))
     entries = []
@@ -215,8 +233,9 @@ def run(args: argparse.Namespace) -> int:
     threshold = cfg.train.threshold if args.threshold is None else args.threshold
     device = resolve_device(args.device)
     probs = generate(generator, args.n, args.seed, device)
+    rolls = to_notes(probs, generator.output, threshold, args.seed, args.bernoulli)
     out = Path(args.out)
-    entries = render_samples(probs, spec, out, threshold, args.tempo, args.sample_rate, args.synth)
+    entries = render_samples(probs, rolls, spec, out, threshold, args.tempo, args.sample_rate, args.synth)
     info = {
         "checkpoint": str(args.checkpoint),
         "step": _step_of(args.checkpoint),

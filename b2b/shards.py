@@ -709,7 +709,7 @@ def inspect_shards(
 
     With ``verify``, check every shard's hash and samples and raise DataError listing the problems.
     """
-    from b2b.config import read_manifest
+    from b2b.manifest import read_manifest
     from b2b.render import save_roll_grid
 
     shards_dir = Path(shards_dir)

@@ -33,11 +33,11 @@ import torch.distributed as dist
 from b2b import checkpoint as ckpt
 from b2b.atomic import write_text
 from b2b.config import Config, load_config, validate_for_training
-from b2b.data import TrainLoader, iter_samples
+from b2b.data import TrainLoader, track_density
 from b2b.engine import Net, Precision
 from b2b.errors import B2BError, DataError
 from b2b.losses import critic_loss, generator_loss
-from b2b.models import build_models
+from b2b.models import binarize, build_models
 from b2b.spec import RollSpec
 from b2b.tracking import RunLog, flat_config, tracker_settings
 from b2b.zero import take_accelerate_deepspeed_settings
@@ -133,6 +133,7 @@ class Trainer:
             seed=cfg.train.seed,
             num_workers=cfg.data.num_workers,
             shuffle_buffer=cfg.data.shuffle_buffer,
+            transpose=cfg.data.transpose,
         )
         batches_per_step = cfg.loss.n_critic * cfg.train.grad_accum
         self.steps_per_epoch = self.loader.batches_per_epoch // batches_per_step
@@ -147,6 +148,8 @@ class Trainer:
         # Identical initial weights on every rank, then per-rank randomness.
         torch.manual_seed(cfg.train.seed)
         generator, critic = build_models(cfg, self.spec.shape)
+        if cfg.model.density_init:
+            generator.init_output_bias(track_density(cfg.data.shards))
         self.ema = copy.deepcopy(generator).requires_grad_(False).eval()
         self.g, self.d = self._build_nets(generator, critic)
         self.ema.to(self.device)
@@ -165,7 +168,7 @@ class Trainer:
         self.fixed_latents = torch.randn(
             cfg.log.n_snapshot, cfg.model.latent_dim, generator=torch.Generator().manual_seed(cfg.train.seed)
         )
-        self.real_metrics = None
+        self.reference = None
 
     # ------------------------------------------------------------------------------------------------
     # Setup
@@ -437,16 +440,18 @@ class Trainer:
     @torch.no_grad()
     def generate(self, latents: torch.Tensor) -> np.ndarray:
         with self.precision.autocast():
-            rolls = self.ema(latents.to(self.device)).float()
-        return (rolls >= self.cfg.train.threshold).cpu().numpy()
+            probs = self.ema.probabilities(latents.to(self.device)).float()
+        # Bernoulli draws from their own seeded stream: looking at the generator must not move training's.
+        draws = torch.Generator(self.device).manual_seed(self.cfg.train.seed + 2)
+        return binarize(probs, self.ema.output, self.cfg.train.threshold, draws).bool().cpu().numpy()
 
     def snapshot(self) -> None:
         if self.is_main:
             self.log.snapshot(self.step, self.generate(self.fixed_latents), self.spec)
 
     def music_metrics(self) -> None:
-        """The EMA generator's music statistics on a fixed latent set, generated across ranks."""
-        from b2b.metrics import distance_to_real, music_metrics
+        """The EMA generator on a fixed latent set, generated across ranks, measured against real data."""
+        from b2b.reference import summary_line, voice_table
 
         cfg = self.cfg
         if not cfg.log.metrics_every:
@@ -461,39 +466,41 @@ class Trainer:
         rolls = self.accelerator.gather(mine.to(self.device)).cpu().numpy()
         if not self.is_main:
             return
-        if self.real_metrics is None:
-            self.real_metrics = self._real_metrics()
-        generated = music_metrics(rolls, self.spec)
-        distance = distance_to_real(generated, self.real_metrics)
-        self.log.write(self.step, {"distance_to_real": distance, **_flatten("music", generated)})
-        rate, real_rate = generated.get("polyphonic_rate"), self.real_metrics.get("polyphonic_rate")
-        rate_text = "no notes above train.threshold yet" if rate is None else f"{rate:.3f}"
-        self.log.message(
-            f"step {self.step}: music distance to real {distance:.4f}; polyphonic rate {rate_text} "
-            f"(real {'none' if real_rate is None else f'{real_rate:.3f}'})"
-        )
-        self.last_distance = (self.step, distance)
+        if self.reference is None:
+            self.reference = self._real_reference(len(rolls))
+        result = self.reference.compare(rolls)
+        copies = result["copies"] or {}
+        values = {
+            "distance_to_real": result["distance_to_real"],
+            "diversity_ratio": result["diversity_ratio"],
+            "precision": result["precision"],
+            "recall": result["recall"],
+            **{f"copies_{k}": v for k, v in copies.items()},
+            **_flatten("music", result["metrics"]),
+        }
+        self.log.write(self.step, values)
+        self.log.message(f"step {self.step}: {summary_line(result)}\n{voice_table(result)}")
+        self.last_measured = (self.step, result)
 
-    def _real_metrics(self) -> dict:
-        from b2b.metrics import music_metrics
+    def _real_reference(self, n_generated: int):
+        from b2b.reference import RealReference
 
-        path = self.run_path / "real_metrics.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-        split = "val" if self.manifest.get("n_val") else "train"
-        rolls = np.stack(list(iter_samples(self.cfg.data.shards, split=split, limit=self.cfg.log.metrics_n)))
-        real = music_metrics(rolls, self.spec)
-        write_text(path, json.dumps(real, indent=2))
-        return real
+        reference = RealReference.from_shards(self.cfg.data.shards, self.spec, kept=n_generated)
+        write_text(self.run_path / "real_metrics.json", json.dumps(reference.metrics, indent=2))
+        return reference
 
     # ------------------------------------------------------------------------------------------------
     # Checkpoints and status
 
     def save(self) -> None:
         cfg = self.cfg
-        # Only metrics measured on this very state may elect it as the best checkpoint.
-        measured = getattr(self, "last_distance", (None, None))
-        distance = measured[1] if measured[0] == self.step else None
+        # Only metrics measured on this very state may elect it as the best checkpoint, and never a generator
+        # that writes no notes.
+        measured = getattr(self, "last_measured", (None, None))
+        result = measured[1] if measured[0] == self.step else None
+        distance = None
+        if result is not None and result["metrics"]["polyphonic_rate"] is not None:
+            distance = result["distance_to_real"]
         is_best = distance is not None and distance < self.best_distance and self.is_main
         if is_best:
             self.best_distance = distance
