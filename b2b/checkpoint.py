@@ -221,7 +221,12 @@ def copy_as(checkpoint: Path, name: str) -> Path:
 
 # Config keys added since the first checkpoints, with the value those checkpoints were trained with (the
 # current default may differ): a model saved before ``model.output`` existed had the seed's sigmoid.
-_BEFORE_KEYS = {("model", "output"): "sigmoid", ("model", "density_init"): False}
+_BEFORE_KEYS = {
+    ("model", "output"): "sigmoid",
+    ("model", "density_init"): False,
+    ("model", "mbstd_group"): 0,
+    ("model", "critic_norm_first"): True,
+}
 
 
 def saved_config(values: dict, where: str) -> Config:

@@ -51,6 +51,7 @@ class ModelConfig:
     output: str = field(default="binary_det", metadata=_choice("sigmoid", "binary_det", "binary_stoch"))
     density_init: bool = True  # start each track's output bias at logit(its on-cell share in the data)
     mbstd_group: int = field(default=0, metadata=_at_least(0))  # minibatch-std channel in the critic
+    critic_norm_first: bool = True  # normalize the critic's first convolution too (false: bias, no norm)
 
 
 @dataclass

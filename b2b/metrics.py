@@ -301,12 +301,13 @@ def metric_gaps(generated: dict, real: dict) -> dict[str, float]:
     """Gap to real per metric (see :func:`distance_to_real`), keyed as :func:`metric_items`."""
     gen_items, real_items = metric_items(generated), metric_items(real)
     # A track that plays in the real set but not at all in the generated one is wholly wrong: every entry
-    # that involves it counts 1, also those (as the note-length rate QN) that a silent track leaves undefined.
+    # that involves it and is defined for real data counts 1, also those (as the note-length rate QN) that
+    # a silent track leaves undefined.
     muted = silent_tracks(generated) - silent_tracks(real) if generated.get("tracks") else set()
     gaps = {}
     for key in real_items.keys() | gen_items.keys():
         metric, _, what = key.partition("/")
-        if muted & set(what.split("-")):
+        if muted & set(what.split("-")) and real_items.get(key) is not None:
             gaps[key] = 1.0
             continue
         gap = _gap(metric, gen_items.get(key), real_items.get(key))

@@ -381,6 +381,12 @@ class Critic(nn.Module):
         Dropout before the final linear layer.
     mbstd_group : int
         Group size of a :class:`MinibatchStd` channel before the head; 0 leaves it out (the seed's).
+    norm_first : bool
+        Normalize the first convolution too (the seed's). Without it the first convolution has a bias and
+        no normalization (as DCGAN's discriminator): with a bias-free first convolution followed by a
+        normalization, the critic cannot tell a roll from the same roll scaled, so on the segment from a
+        silent fake to a real roll it is constant and its gradient grows as 1/ε, which the gradient
+        penalty then fights.
     """
 
     def __init__(
@@ -390,6 +396,7 @@ class Critic(nn.Module):
         norm: str = "layer",
         dropout: float = 0.3,
         mbstd_group: int = 0,
+        norm_first: bool = True,
     ):
         super().__init__()
         plan = layer_plan(shape)
@@ -400,8 +407,9 @@ class Critic(nn.Module):
         c_in = plan.tracks
         for i, (c_out, stride) in enumerate(zip(channels, plan.strides[::-1], strict=True)):
             kernel = (stride[0] + 2, stride[1] + 2)
-            conv = nn.Conv2d(c_in, c_out, kernel, stride, 1, bias=norm == "none")  # norms have a shift
-            layers.append(nn.Sequential(conv, _norm(norm, c_out), nn.PReLU(c_out)))
+            kind = norm if norm_first or i > 0 else "none"
+            conv = nn.Conv2d(c_in, c_out, kernel, stride, 1, bias=kind == "none")  # norms have a shift
+            layers.append(nn.Sequential(conv, _norm(kind, c_out), nn.PReLU(c_out)))
             if i == 2:
                 layers.append(SelfAttention(c_out))
             c_in = c_out
@@ -447,7 +455,14 @@ def build_models(cfg, shape: Sequence[int]) -> tuple[Generator, Critic]:
     m = cfg.model
     check_shape(shape)
     generator = Generator(shape, m.latent_dim, m.g_width, output=m.output, threshold=cfg.train.threshold)
-    critic = Critic(shape, m.d_width, norm=m.critic_norm, dropout=m.dropout, mbstd_group=m.mbstd_group)
+    critic = Critic(
+        shape,
+        m.d_width,
+        norm=m.critic_norm,
+        dropout=m.dropout,
+        mbstd_group=m.mbstd_group,
+        norm_first=m.critic_norm_first,
+    )
     if m.sync_batchnorm:
         generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
         critic = nn.SyncBatchNorm.convert_sync_batchnorm(critic)

@@ -63,6 +63,8 @@ VARIANTS: dict[str, list[str]] = {
     "ttur": ["optim.g_lr=0.0005", "optim.d_lr=0.002"],
     "n-critic-2": ["loss.n_critic=2"],
     "mbstd": ["model.mbstd_group=4"],
+    "plain-first": ["model.critic_norm_first=false"],
+    "plain-first-no-density": ["model.critic_norm_first=false", "model.density_init=false"],
     "transpose": ["data.transpose=5"],
     "ema-0.999": ["train.ema_beta=0.999"],
 }

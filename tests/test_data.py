@@ -417,3 +417,35 @@ def test_iter_samples_reads_a_split_in_shard_order(shards):
     assert all(r.dtype == bool and r.shape == SHAPE for r in rolls)
     assert np.array_equal(rolls[4], roll_for(VAL_BASE + 4))
     assert len(list(iter_samples(shards, "train", limit=9))) == 9
+
+
+# ---------------------------------------------------------------------------------------------------
+# Transposition
+
+
+def test_transposition_moves_pitched_tracks_within_range_and_resumes(tmp_path):
+    from b2b.data import transpose, transpose_shifts
+
+    rolls = np.zeros((3, 2, 4, 10), bool)
+    rolls[0, 0, 0, [2, 5]] = True  # room: 2 down, 4 up
+    rolls[0, 1, 1, 9] = True  # a drum track: ignored for the room and never moved
+    rolls[1, 0, 2, 0] = True  # room: none down, 9 up
+    pitched = np.array([True, False])
+    shifts = transpose_shifts(rolls, pitched, 3, np.random.default_rng(0))
+    assert -2 <= shifts[0] <= 3 and 0 <= shifts[1] <= 3 and shifts[2] == 0  # sample 2 is empty
+    moved = transpose(rolls.copy(), pitched, np.array([-2, 3, 0]))
+    assert np.flatnonzero(moved[0, 0, 0]).tolist() == [0, 3] and moved[0, 1, 1, 9]  # drums stay
+    assert np.flatnonzero(moved[1, 0, 2]).tolist() == [3]
+    # In the loader: the same notes count, pitches moved, and a resumed run sees the same shifts.
+    root = write_shards(tmp_path / "s", shape=(2, 8, 16))
+    kw = dict(batch_size=3, rank=0, world_size=1, seed=5, shuffle_buffer=4)
+    plain = take(TrainLoader(root, **kw), 8)
+    shifted = take(TrainLoader(root, transpose=4, **kw), 8)
+    assert [int(b.sum()) for b in plain] == [int(b.sum()) for b in shifted]
+    assert any(not torch.equal(a, b) for a, b in zip(plain, shifted, strict=True))
+    first = TrainLoader(root, transpose=4, **kw)
+    it = iter(first)
+    take(first, 3, it)
+    resumed = TrainLoader(root, transpose=4, **kw)
+    resumed.load_state_dict(first.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(take(resumed, 5), shifted[3:], strict=True))

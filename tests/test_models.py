@@ -247,3 +247,67 @@ def test_describe_cli_json_text_and_errors(tmp_path, capsys):
     assert "data.shape is not set" in capsys.readouterr().err
     assert main(["describe", "data.shards=nowhere", "data.shape=[4,64,100]"]) == 2
     assert "pitch size 100" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------
+# Generator outputs, density initialisation, minibatch standard deviation
+
+
+def test_straight_through_outputs_are_binary_forward_and_identity_backward():
+    from b2b.models import binarize, straight_through
+
+    probs = torch.tensor([0.2, 0.5, 0.7, 0.95], requires_grad=True)
+    hard = straight_through(probs, "binary_det", threshold=0.6)
+    assert hard.tolist() == [0.0, 0.0, 1.0, 1.0]  # forward: p >= threshold
+    (hard * torch.tensor([1.0, 2.0, 3.0, 4.0])).sum().backward()
+    assert probs.grad.tolist() == [1.0, 2.0, 3.0, 4.0]  # backward: as if the output were p itself
+    # Bernoulli: a cell is on with its probability (10,000 draws of p = 0.3 on a seeded stream).
+    draws = binarize(torch.full((10_000,), 0.3), "binary_stoch", generator=torch.Generator().manual_seed(0))
+    assert set(draws.unique().tolist()) == {0.0, 1.0} and abs(draws.mean().item() - 0.3) < 0.015
+    with pytest.raises(ValueError, match="not one of sigmoid, binary_det, binary_stoch"):
+        binarize(probs, "tanh")
+
+
+@pytest.mark.parametrize("output", ["sigmoid", "binary_det", "binary_stoch"])
+def test_the_critic_sees_what_the_output_makes(output):
+    torch.manual_seed(0)
+    g = Generator(DEMO, latent_dim=8, width=2, output=output, threshold=0.5)
+    z = torch.randn(3, 8)
+    x = g(z)
+    probs = g.probabilities(z)
+    if output == "sigmoid":
+        assert torch.equal(x, probs)
+    else:
+        assert set(x.unique().tolist()) <= {0.0, 1.0}
+        if output == "binary_det":
+            assert torch.equal(x, (probs >= 0.5).float())
+    # The generator learns through the binary output: every parameter gets a gradient.
+    Critic(DEMO, width=2)(x).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in g.parameters())
+
+
+def test_output_bias_starts_each_track_at_its_density():
+    g = Generator(DEMO, latent_dim=8, width=2)
+    g.init_output_bias([0.02, 0.5, 0.0, 1.0])
+    bias = g.net[-1][0].bias
+    expected = [math.log(0.02 / 0.98), 0.0, math.log(1e-4 / (1 - 1e-4)), math.log((1 - 1e-4) / 1e-4)]
+    assert bias.tolist() == pytest.approx(expected, rel=1e-6)  # silent and full tracks clipped to 1e-4
+    with pytest.raises(ValueError, match="density has 3 tracks, the generator 4"):
+        g.init_output_bias([0.1, 0.1, 0.1])
+
+
+def test_minibatch_std_by_hand_and_groups():
+    from b2b.models import MinibatchStd
+
+    x = torch.zeros(4, 2, 1, 1)
+    x[:, 0, 0, 0] = torch.tensor([1.0, 10.0, 3.0, 10.0])  # group = samples (0, 2) and (1, 3)
+    out = MinibatchStd(group=2)(x)
+    assert out.shape == (4, 3, 1, 1)
+    # Group (0, 2): std of channel 0 is 1 and of channel 1 is 0 (plus 1e-8 under the root): mean 0.5.
+    # Group (1, 3): identical samples: std ~ 1e-4 (the square root of 1e-8).
+    assert out[[0, 2], 2].flatten().tolist() == pytest.approx([0.5, 0.5], abs=1e-4)
+    assert out[[1, 3], 2].flatten().tolist() == pytest.approx([0.0, 0.0], abs=1e-3)
+    # A batch the group size does not divide uses the largest divisor (5 -> groups of 5).
+    assert MinibatchStd(group=4)(torch.randn(5, 2, 3, 3)).shape == (5, 3, 3, 3)
+    critic = Critic(DEMO, width=2, mbstd_group=4)
+    assert critic(torch.rand(6, *DEMO)).shape == (6,)
