@@ -12,6 +12,7 @@ that end on the same initial grid, then flatten, dropout and a linear layer to o
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import itertools
 import math
@@ -319,17 +320,35 @@ class Generator(nn.Module):
         return straight_through(probs, self.output, self.threshold)
 
     @torch.no_grad()
-    def init_output_bias(self, density: Sequence[float], floor: float = 1e-4) -> None:
-        """Start each track at its share of on-cells in the data: bias = logit(density), clipped.
+    def init_output_bias(self, density: Sequence[float], n_latents: int = 256, floor: float = 1e-4) -> None:
+        """Start each track with its share of on-cells in the data.
 
-        A track that is silent in the data starts (and, its sigmoid saturated, stays) near silent; a sparse
-        voice starts sparse instead of at probability 0.5 everywhere.
+        ``sigmoid`` and ``binary_stoch``: bias = logit(density), so the mean probability is about the
+        density. ``binary_det``: the bias is calibrated so that the share of cells whose probability reaches
+        ``threshold`` equals the density, on ``n_latents`` fixed latents (a track starts at probability
+        0.5 everywhere otherwise: half its cells on, or with logit(density) none); a track silent in the data
+        starts with every cell's logit at least 4 below the threshold. Densities are clipped to ``[floor,
+        1 - floor]``, so with logit(density) a silent track starts (and, its sigmoid saturated, stays)
+        silent too. The generator's state is otherwise unchanged (BatchNorm statistics included).
         """
         conv = self.net[-1][0]
+        silent = torch.as_tensor(density, dtype=torch.float64) <= 0
         density = torch.as_tensor(density, dtype=torch.float64).clamp(floor, 1 - floor)
         if density.shape != conv.bias.shape:
             raise ValueError(f"density has {density.numel()} tracks, the generator {conv.bias.numel()}")
-        conv.bias.copy_(torch.logit(density).to(conv.bias.dtype))
+        if self.output != "binary_det":
+            conv.bias.copy_(torch.logit(density).to(conv.bias.dtype))
+            return
+        probe = copy.deepcopy(self).train()  # batch statistics, as in training; self's buffers stay
+        probe.net[-1][0].bias.zero_()
+        z = torch.randn(n_latents, self.latent_dim, generator=torch.Generator().manual_seed(0))
+        logits = probe.net[-1][0](probe.net[:-1](z.view(n_latents, self.latent_dim, 1, 1)))
+        per_track = logits.transpose(0, 1).reshape(len(density), -1).double()
+        cut = torch.stack([torch.quantile(row, 1 - d) for row, d in zip(per_track, density, strict=True)])
+        # A track silent in the data starts a margin below its highest logit: no cell on.
+        cut = torch.where(silent, per_track.amax(dim=1) + 4.0, cut)
+        target = math.log(self.threshold / (1 - self.threshold)) if 0 < self.threshold < 1 else 0.0
+        conv.bias.copy_((target - cut).to(conv.bias.dtype))
 
 
 def _norm(kind: str, channels: int) -> nn.Module:

@@ -40,6 +40,8 @@ class RealReference:
     spec : RollSpec
     metrics : dict
         :func:`b2b.metrics.music_metrics` of the real samples read (diversity on a seeded subset).
+    samples : np.ndarray
+        That subset, ``(kept, tracks, time, pitch)`` bool: real samples to show beside generated ones.
     features : np.ndarray
         :func:`b2b.diversity.sample_features` of that subset: the real side of precision and recall.
     train : CellSets or None
@@ -50,6 +52,7 @@ class RealReference:
 
     spec: RollSpec
     metrics: dict
+    samples: np.ndarray
     features: np.ndarray
     train: CellSets | None
     source: dict
@@ -96,7 +99,8 @@ class RealReference:
                 batch = []
         if batch:
             accumulator.update(np.stack(batch))
-        features = sample_features(np.stack(accumulator.kept), spec)
+        samples = np.stack(accumulator.kept)
+        features = sample_features(samples, spec)
         train = None
         if train_n:
             rolls = list(islice(iter_samples(shards, split="train"), train_n))
@@ -109,7 +113,7 @@ class RealReference:
             "n": accumulator.n_samples,
             "train_n": len(train or []),
         }
-        return cls(spec, accumulator.result(), features, train, source)
+        return cls(spec, accumulator.result(), samples, features, train, source)
 
     def compare(self, rolls: np.ndarray) -> dict:
         """Measure a generated set of bool rolls against the real one.

@@ -79,7 +79,13 @@ def roll_image(roll: np.ndarray, colours: np.ndarray) -> np.ndarray:
     return image
 
 
-def save_roll_grid(rolls: np.ndarray, spec: RollSpec, path: str | Path, title: str | None = None) -> Path:
+def save_roll_grid(
+    rolls: np.ndarray,
+    spec: RollSpec,
+    path: str | Path,
+    title: str | None = None,
+    labels: list[str] | None = None,
+) -> Path:
     """Draw samples as piano rolls, one panel each, tracks overlaid in labelled colours; write a PNG.
 
     Parameters
@@ -93,6 +99,8 @@ def save_roll_grid(rolls: np.ndarray, spec: RollSpec, path: str | Path, title: s
         The image file (its suffix picks the format; ``.png`` is usual). Parent folders are created.
     title : str, optional
         Written above the panels.
+    labels : list of str, optional
+        One title per panel (default ``sample <i>``; none for a single panel, which the title names).
 
     Returns
     -------
@@ -129,7 +137,9 @@ def save_roll_grid(rolls: np.ndarray, spec: RollSpec, path: str | Path, title: s
         ax.set_xticklabels([f"bar {bar + 1}" for bar in range(spec.n_bars)], fontsize=7, ha="left")
         ax.set_yticks(c_pitches)
         ax.set_yticklabels([note_name(p) for p in c_pitches], fontsize=7)
-        if n > 1:  # a single panel is named by the title
+        if labels is not None:
+            ax.set_title(labels[i], fontsize=8)
+        elif n > 1:  # a single panel is named by the title
             ax.set_title(f"sample {i}", fontsize=8)
     handles = [Patch(color=colours[c], label=t.name) for c, t in enumerate(spec.tracks)]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)

@@ -64,6 +64,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default="auto", help="torch device for the generator (default: cuda if present)"
     )
+    parser.add_argument(
+        "--data",
+        help="shards of the real corpus, drawn beside the samples and measured against "
+        "(default: the run's data.shards when present)",
+    )
+    parser.add_argument(
+        "--measure",
+        type=int,
+        default=256,
+        help="samples generated to measure diversity, precision/recall and copies against the real "
+        "data (default 256; 0: off)",
+    )
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -120,7 +133,7 @@ def to_notes(
     return binarize(torch.from_numpy(probs), mode, threshold, draws).bool().numpy()
 
 
-def _write_npz(path: Path, **arrays: np.ndarray) -> None:
+def write_npz(path: Path, **arrays: np.ndarray) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
     try:
         np.savez_compressed(tmp, **arrays)
@@ -130,38 +143,38 @@ def _write_npz(path: Path, **arrays: np.ndarray) -> None:
 
 
 def render_samples(
-    probs: np.ndarray,
     rolls: np.ndarray,
     spec: RollSpec,
     out: str | Path,
-    threshold: float,
+    *,
+    prefix: str = "sample",
+    probs: np.ndarray | None = None,
+    threshold: float | None = None,
     tempo: float = 100.0,
     sample_rate: int = 22050,
     synth: str = "auto",
+    progress: bool = True,
 ) -> list[dict]:
-    """Write MIDI, PNG, NPZ and WAV for each sample in ``out``; return one entry per sample.
+    """Write MIDI, PNG, NPZ and WAV for each roll in ``out``; return one entry per roll.
 
     Each entry: ``{"name", "midi", "png", "npz", "wav", "notes", "synth"}`` (file names relative to
-    ``out``). The ``.npz`` holds ``probs`` (float32, the generator's probabilities), ``roll`` (bool, the
-    notes made from them), ``threshold`` and ``spec`` (the RollSpec as JSON).
+    ``out``, named ``<prefix>-<i>``). The ``.npz`` holds ``roll`` (bool), ``spec`` (the RollSpec as JSON)
+    and, for generated rolls, ``probs`` (float32, the generator's probabilities) and ``threshold``.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     step_seconds = 60.0 / tempo / spec.steps_per_beat
     min_frames = int(np.ceil(spec.shape[1] * step_seconds * sample_rate))
     entries = []
-    for i in tqdm(range(len(probs)), desc="rendering samples", unit="sample"):
-        name = f"sample-{i:03d}"
+    for i in tqdm(range(len(rolls)), desc=f"rendering {prefix}s", unit=prefix, disable=not progress):
+        name = f"{prefix}-{i:03d}"
         midi = roll_to_midi(rolls[i], spec, tempo)
         write_midi(midi, out / f"{name}.mid")
         save_roll_grid(rolls[i : i + 1], spec, out / f"{name}.png", title=name)
-        _write_npz(
-            out / f"{name}.npz",
-            probs=probs[i].astype(np.float32),
-            roll=rolls[i],
-            threshold=np.float32(threshold),
-            spec=np.array(json.dumps(spec.to_dict())),
-        )
+        extra = {}
+        if probs is not None:
+            extra = {"probs": probs[i].astype(np.float32), "threshold": np.float32(threshold)}
+        write_npz(out / f"{name}.npz", roll=rolls[i], spec=np.array(json.dumps(spec.to_dict())), **extra)
         audio, used = synthesize(midi, sample_rate, synth)
         # Silence and short endings are padded so every file lasts the whole phrase.
         audio = np.pad(audio, (0, max(0, min_frames - len(audio))))
@@ -177,27 +190,77 @@ def render_samples(
                 "synth": used,
             }
         )
-    save_roll_grid(rolls, spec, out / "grid.png", title=f"{len(rolls)} samples (threshold {threshold})")
     return entries
 
 
-def gallery_html(entries: list[dict], info: dict) -> str:
-    """The ``index.html`` gallery: one card per sample with its piano roll, an audio player and links."""
+def save_comparison(real: np.ndarray, generated: np.ndarray, spec: RollSpec, path: Path, n: int = 4) -> Path:
+    """One picture: a row of real samples above a row of generated ones, drawn alike and labelled."""
+    n = min(n, len(real), len(generated))
+    rolls = np.concatenate([real[:n], generated[:n]])
+    labels = [f"real {i}" for i in range(n)] + [f"generated {i}" for i in range(n)]
+    return save_roll_grid(rolls, spec, path, title="real (top) and generated (bottom)", labels=labels)
+
+
+def _cards(entries: list[dict], kind: str) -> str:
     e = html.escape
-    settings = ", ".join(
-        f"{k} {e(str(info[k]))}" for k in ("checkpoint", "step", "weights", "seed", "threshold", "tempo")
-    )
-    cards = []
-    for entry in entries:
-        cards.append(
-            f"""<figure class="sample" id="{e(entry["name"])}">
-  <figcaption>{e(entry["name"])} · {entry["notes"]} notes</figcaption>
+    return "\n".join(
+        f"""<figure class="sample {kind}" id="{e(entry["name"])}">
+  <figcaption>{kind} · {e(entry["name"])} · {entry["notes"]} notes</figcaption>
   <img src="{e(entry["png"])}" alt="piano roll of {e(entry["name"])}">
   <audio controls preload="metadata" src="{e(entry["wav"])}"></audio>
   <p><a href="{e(entry["midi"])}" download>MIDI</a> · <a href="{e(entry["npz"])}" download>roll (.npz)</a></p>
 </figure>"""
+        for entry in entries
+    )
+
+
+def _figures_html(figures: dict | None) -> str:
+    if figures is None:
+        return (
+            "<p>No real data to compare with: pass <code>--data SHARDS</code> to <code>b2b sample</code>.</p>"
         )
-    synths = sorted({entry["synth"] for entry in entries})
+    from b2b.reference import summary_line
+
+    e = html.escape
+    rows = []
+    for r in figures["voices"]:
+        if r["plays_real"] == 0 and r["ok"]:
+            continue  # silent in the real data and here: nothing to show
+        density = "-" if r["density_ratio"] is None else f"{r['density_ratio']:.2f}"
+        cells = [
+            e(r["track"]),
+            f"{_pct(r['plays'])} ({_pct(r['plays_real'])})",
+            density,
+            f"{_pct(r['mono'])} ({_pct(r['mono_real'])})",
+            "yes" if r["ok"] else "NO",
+        ]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    rows = "".join(rows)
+    return (
+        f"<p>Measured on {figures['n']} generated samples against {e(figures['real'])}: "
+        f"{e(summary_line(figures))}.</p>\n<table><tr><th>track</th><th>plays in bars (real)</th>"
+        f"<th>density × real</th><th>one note per step (real)</th><th>as real</th></tr>{rows}</table>"
+    )
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def gallery_html(entries: list[dict], info: dict, real_entries: list[dict] | None = None) -> str:
+    """The ``index.html`` gallery: generated samples, real ones drawn alike, and the diversity figures."""
+    e = html.escape
+    settings = ", ".join(
+        f"{k} {e(str(info[k]))}" for k in ("checkpoint", "step", "weights", "seed", "threshold", "tempo")
+    )
+    synths = sorted({entry["synth"] for entry in [*entries, *(real_entries or [])]})
+    compare = '; real beside generated: <a href="compare.png">compare.png</a>' if real_entries else ""
+    real_section = ""
+    if real_entries:
+        real_section = f"""<h2>Real samples ({e(info["figures"]["real"])})</h2>
+<div class="grid">
+{_cards(real_entries, "real")}
+</div>"""
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -207,51 +270,101 @@ def gallery_html(entries: list[dict], info: dict) -> str:
 body {{ font-family: sans-serif; margin: 1.5em; }}
 .grid {{ display: flex; flex-wrap: wrap; gap: 1em; }}
 figure {{ margin: 0; padding: 0.5em; border: 1px solid #ccc; border-radius: 6px; max-width: 440px; }}
+figure.real {{ border-color: #7a7; }}
 figure img {{ width: 100%; display: block; }}
 audio {{ width: 100%; }}
+table {{ border-collapse: collapse; }}
+td, th {{ border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: right; }}
 </style>
 </head>
 <body>
 <h1>b2b samples</h1>
-<p>{settings}. Audio: {e(", ".join(synths))}. All samples in one picture: <a href="grid.png">grid.png</a>.</p>
+<p>{settings}. Audio: {e(", ".join(synths))}. All generated samples in one picture:
+<a href="grid.png">grid.png</a>{compare}.</p>
+{_figures_html(info.get("figures"))}
+<h2>Generated samples</h2>
 <div class="grid">
-{chr(10).join(cards)}
+{_cards(entries, "generated")}
 </div>
+{real_section}
 </body>
 </html>
 """
 
 
+def _real_data(arg: str | None, cfg) -> Path | None:
+    """``--data``, else the run's own shards when they are still there (None: no real data)."""
+    from b2b.errors import DataError
+
+    if arg is not None:
+        if not (Path(arg) / "manifest.json").is_file():
+            raise DataError(f"--data {arg!r}: no manifest.json there; pass a shards folder")
+        return Path(arg)
+    path = Path(cfg.data.shards)
+    return path if (path / "manifest.json").is_file() else None
+
+
 def run(args: argparse.Namespace) -> int:
     from b2b.checkpoint import load_generator
+    from b2b.errors import DataError
 
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise B2BError(f"--threshold must be within [0, 1], got {args.threshold}")
     if args.tempo <= 0:
         raise B2BError(f"--tempo must be > 0 beats per minute, got {args.tempo}")
+    if args.measure < 0:
+        raise B2BError(f"--measure must be 0 (off) or a number of samples, got {args.measure}")
     generator, spec, cfg = load_generator(args.checkpoint, use_ema=not args.no_ema)
     threshold = cfg.train.threshold if args.threshold is None else args.threshold
+    data = _real_data(args.data, cfg)
+    measure = args.measure if data is not None else 0
     device = resolve_device(args.device)
-    probs = generate(generator, args.n, args.seed, device)
+    probs = generate(generator, max(args.n, measure), args.seed, device)
     rolls = to_notes(probs, generator.output, threshold, args.seed, args.bernoulli)
     out = Path(args.out)
-    entries = render_samples(probs, rolls, spec, out, threshold, args.tempo, args.sample_rate, args.synth)
+    settings = dict(tempo=args.tempo, sample_rate=args.sample_rate, synth=args.synth, progress=args.progress)
+    entries = render_samples(
+        rolls[: args.n], spec, out, probs=probs[: args.n], threshold=threshold, **settings
+    )
+    save_roll_grid(rolls[: args.n], spec, out / "grid.png", title=f"{args.n} generated samples")
     info = {
         "checkpoint": str(args.checkpoint),
         "step": _step_of(args.checkpoint),
         "weights": "raw" if args.no_ema else "EMA",
         "seed": args.seed,
         "threshold": threshold,
+        "binarize": "bernoulli" if args.bernoulli else generator.output,
         "tempo": args.tempo,
         "sample_rate": args.sample_rate,
         "spec": spec.to_dict(),
         "samples": entries,
     }
+    real_entries = None
+    if data is not None:
+        from b2b.reference import RealReference
+
+        reference = RealReference.from_shards(data, spec, kept=max(measure, args.n))
+        if reference.spec != spec:
+            raise DataError(f"the shards in {data} hold another roll spec than the generator's")
+        real = reference.samples[: args.n]
+        real_entries = render_samples(real, spec, out, prefix="real", **settings)
+        save_comparison(real, rolls, spec, out / "compare.png")
+        figures = reference.compare(rolls[:measure]) if measure >= 2 else None
+        if figures is not None:
+            figures.pop("metrics")
+            info["figures"] = {**figures, "n": measure, "real": f"{data} ({reference.source['split']} split)"}
+        info["real_samples"] = real_entries
     write_text(out / INFO_FILE, json.dumps(info, indent=2))
-    write_text(out / "index.html", gallery_html(entries, info))
+    write_text(out / "index.html", gallery_html(entries, info, real_entries))
     synths = ", ".join(sorted({entry["synth"] for entry in entries}))
     print(f"wrote {len(entries)} samples to {out} (audio: {synths}); open {out / 'index.html'}")
-    print(f"evaluate them with: b2b eval --samples {out} --data SHARDS")
+    if "figures" in info:
+        from b2b.reference import summary_line
+
+        print(f"{measure} samples against {info['figures']['real']}: {summary_line(info['figures'])}")
+    else:
+        print("no real data found for comparison (the run's shards are gone): pass --data SHARDS")
+    print(f"evaluate them with: b2b eval --samples {out} --data {data or 'SHARDS'}")
     return 0
 
 
