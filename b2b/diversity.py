@@ -126,16 +126,27 @@ def copy_rates(nearest: np.ndarray) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------------
 # Features and k-NN precision / recall
 
-FEATURES = ("plays", "density", "onsets", "pitch_mean", "pitch_range", "polyphony", "note_length")
+# Per-track features, each with the smallest difference that matters musically: a feature's scale in
+# the standardized space is the real set's standard deviation, but never below this (voices that always
+# play exactly one note would otherwise make any other polyphony infinitely far).
+FEATURE_FLOORS = {
+    "plays": 0.1,  # share of bars with a note
+    "onsets": 0.5,  # notes per bar
+    "note_length": 0.5,  # steps per note
+    "polyphony": 0.1,  # pitches per sounding step
+    "pitch_mean": 1.0,  # semitones
+    "pitch_range": 1.0,  # semitones
+}
+FEATURES = tuple(FEATURE_FLOORS)
+CHROMA_FLOOR = 0.05  # share of on-cells per pitch class
 
 
 def sample_features(rolls: np.ndarray, spec: RollSpec) -> np.ndarray:
     """Per-sample music statistics, ``(N, tracks * (len(FEATURES) + 12))`` float64.
 
-    Per track: the share of bars that play, the share of on-cells, onsets per bar, the mean and range of
-    the pitches used (in semitones above the lowest), notes per sounding step, the mean note length in
-    steps, and the 12-bin pitch-class histogram of its on-cells (sums to 1; zeros when silent). A silent
-    track has all-zero features.
+    Per track: the share of bars that play, onsets per bar, the mean note length in steps, pitches per
+    sounding step, the mean and range of the pitches used (semitones above the lowest), and the 12-bin
+    pitch-class histogram of its on-cells (sums to 1). A silent track has all-zero features.
     """
     rolls = np.asarray(rolls, dtype=bool)
     if rolls.ndim != 4 or rolls.shape[1:] != spec.shape:
@@ -147,45 +158,43 @@ def sample_features(rolls: np.ndarray, spec: RollSpec) -> np.ndarray:
     onsets[:, :, 1:] &= ~rolls[:, :, :-1]
     n_onsets = onsets.sum(axis=(2, 3), dtype=np.float64)
     pitch_on = rolls.any(axis=2)  # (n, c, p)
-    index = np.arange(p, dtype=np.float64)
     used = pitch_on.sum(axis=2)
     pitch_cells = rolls.sum(axis=2, dtype=np.float64)  # (n, c, p)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_pitch = np.where(cells > 0, (pitch_cells * index).sum(axis=2) / cells, 0.0)
-        low = np.where(used > 0, np.argmax(pitch_on, axis=2), 0)
-        high = np.where(used > 0, p - 1 - np.argmax(pitch_on[..., ::-1], axis=2), 0)
-        sounding = rolls.any(axis=3).sum(axis=2)
-        polyphony = np.where(sounding > 0, cells / np.maximum(sounding, 1), 0.0)
-        note_length = np.where(n_onsets > 0, cells / np.maximum(n_onsets, 1), 0.0)
-        classes = (spec.lowest_pitch + np.arange(p)) % 12
-        chroma = np.zeros((n, c, 12))
-        np.add.at(chroma, (slice(None), slice(None), classes), pitch_cells)
-        chroma = np.where(cells[..., None] > 0, chroma / np.maximum(cells[..., None], 1), 0.0)
-    per_track = np.concatenate(
-        [
-            np.stack(
-                [
-                    bars,
-                    cells / (t * p),
-                    n_onsets / spec.n_bars,
-                    mean_pitch,
-                    high - low,
-                    polyphony,
-                    note_length,
-                ],
-                axis=2,
-            ),
-            chroma,
-        ],
-        axis=2,
-    )
+    sounding = rolls.any(axis=3).sum(axis=2)
+    some = cells > 0
+    safe = np.maximum(cells, 1)
+    mean_pitch = np.where(some, (pitch_cells * np.arange(p)).sum(axis=2) / safe, 0.0)
+    low = np.argmax(pitch_on, axis=2)
+    high = p - 1 - np.argmax(pitch_on[..., ::-1], axis=2)
+    pitch_range = np.where(used > 0, high - low, 0)
+    polyphony = np.where(some, cells / np.maximum(sounding, 1), 0.0)
+    note_length = np.where(some, cells / np.maximum(n_onsets, 1), 0.0)
+    classes = (spec.lowest_pitch + np.arange(p)) % 12
+    chroma = np.zeros((n, c, 12))
+    np.add.at(chroma, (slice(None), slice(None), classes), pitch_cells)
+    chroma /= safe[..., None]
+    stats = {
+        "plays": bars,
+        "onsets": n_onsets / spec.n_bars,
+        "note_length": note_length,
+        "polyphony": polyphony,
+        "pitch_mean": mean_pitch,
+        "pitch_range": pitch_range,
+    }
+    per_track = np.concatenate([np.stack([stats[f] for f in FEATURES], axis=2), chroma], axis=2)
     return per_track.reshape(n, -1)
 
 
+def feature_floors(n_tracks: int) -> np.ndarray:
+    """The smallest scale of each column of :func:`sample_features` (see :data:`FEATURE_FLOORS`)."""
+    per_track = [*FEATURE_FLOORS.values(), *([CHROMA_FLOOR] * 12)]
+    return np.tile(np.array(per_track), n_tracks)
+
+
 def standardize(features: np.ndarray, real: np.ndarray) -> np.ndarray:
-    """Scale each feature by the real set's mean and standard deviation (a constant feature: by 1)."""
-    std = real.std(axis=0)
-    return (features - real.mean(axis=0)) / np.where(std > 1e-9, std, 1.0)
+    """Centre on the real set's mean and scale by its standard deviation, floored per feature."""
+    floors = feature_floors(real.shape[1] // (len(FEATURES) + 12))
+    return (features - real.mean(axis=0)) / np.maximum(real.std(axis=0), floors)
 
 
 def _euclidean(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -351,6 +351,34 @@ class Generator(nn.Module):
         conv.bias.copy_((target - cut).to(conv.bias.dtype))
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(generator: Generator, batch_size: int, n_batches: int = 16, seed: int = 0) -> None:
+    """Re-estimate the generator's BatchNorm statistics from its own weights ("standing statistics",
+    BigGAN): the running mean and variance become the average over ``n_batches`` batches of
+    ``batch_size`` fixed latents, taken in training mode. Leaves the generator in eval mode.
+
+    An EMA generator needs this: its weights are an average, but the statistics it would otherwise
+    carry belong to the raw generator's weights, and a note is a probability crossing a threshold, so
+    the mismatch can silence a track or double it. Deterministic: the same weights give the same
+    statistics, on every rank and after a resume.
+    """
+    norms = [m for m in generator.modules() if isinstance(m, nn.BatchNorm2d | nn.SyncBatchNorm)]
+    momenta = [m.momentum for m in norms]
+    device = next(generator.parameters()).device
+    latents = torch.randn(
+        n_batches, batch_size, generator.latent_dim, generator=torch.Generator().manual_seed(seed)
+    )
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches below
+    generator.train()
+    for z in latents:
+        generator.probabilities(z.to(device))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    generator.eval()
+
+
 def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm2d(channels)

@@ -37,7 +37,7 @@ from b2b.data import TrainLoader, track_density
 from b2b.engine import Net, Precision
 from b2b.errors import B2BError, DataError
 from b2b.losses import critic_loss, generator_loss
-from b2b.models import binarize, build_models
+from b2b.models import binarize, build_models, recalibrate_batchnorm
 from b2b.spec import RollSpec
 from b2b.tracking import RunLog, flat_config, tracker_settings
 from b2b.zero import take_accelerate_deepspeed_settings
@@ -169,6 +169,7 @@ class Trainer:
             cfg.log.n_snapshot, cfg.model.latent_dim, generator=torch.Generator().manual_seed(cfg.train.seed)
         )
         self.reference = None
+        self.ema_calibrated_at = -1
 
     # ------------------------------------------------------------------------------------------------
     # Setup
@@ -437,8 +438,16 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------
     # Looking at the generator: snapshots from fixed latents, music metrics across ranks
 
+    def calibrate_ema(self) -> None:
+        """Give the EMA generator BatchNorm statistics of its own weights before it is looked at or saved
+        (every rank, at the same steps, so the EMA stays identical everywhere)."""
+        if self.ema_calibrated_at != self.step:
+            recalibrate_batchnorm(self.ema, self.cfg.data.batch_size, seed=self.cfg.train.seed + 3)
+            self.ema_calibrated_at = self.step
+
     @torch.no_grad()
     def generate(self, latents: torch.Tensor) -> np.ndarray:
+        self.calibrate_ema()
         with self.precision.autocast():
             probs = self.ema.probabilities(latents.to(self.device)).float()
         # Bernoulli draws from their own seeded stream: looking at the generator must not move training's.
@@ -446,6 +455,7 @@ class Trainer:
         return binarize(probs, self.ema.output, self.cfg.train.threshold, draws).bool().cpu().numpy()
 
     def snapshot(self) -> None:
+        self.calibrate_ema()
         if self.is_main:
             self.log.snapshot(self.step, self.generate(self.fixed_latents), self.spec)
 
@@ -494,6 +504,7 @@ class Trainer:
 
     def save(self) -> None:
         cfg = self.cfg
+        self.calibrate_ema()
         # Only metrics measured on this very state may elect it as the best checkpoint, and never a generator
         # that writes no notes.
         measured = getattr(self, "last_measured", (None, None))
