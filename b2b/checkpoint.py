@@ -1,41 +1,152 @@
-"""Sharded, atomic checkpoints under ``<run>/checkpoints/step-<N>/`` and loading generators from them.
+"""Atomic, verified checkpoints of every stateful part of a run, and loading generators from them.
+
+A run's stateful parts are registered once, by name, with a :class:`Checkpointer` (as torchtitan's
+``CheckpointManager(states={...})``): each has ``state_dict()`` / ``load_state_dict()``, holding tensors
+and plain types only, so every file loads with ``torch.load(weights_only=True)``. Parts are stored by
+scope:
+
+- *replicated* parts (identical on every rank: networks with their optimizers, the EMA, the data
+  position, the counters) are written once, by rank 0, as ``<name>.pt``;
+- *per-rank* parts (the RNG streams) go into each rank's ``rank-<r>.pt``;
+- parts with ``save_files`` / ``load_files`` (ZeRO's optimizer partitions) write their own files.
 
 Layout of one checkpoint::
 
     step-<N>/
-        models.pt                  generator, critic and EMA weights (rank 0; identical on all ranks)
-        generator-training.pt      optimizer, scheduler, loss scaler (DDP: rank 0; ZeRO: per rank)
-        critic-training.pt
-        rank-<r>.pt                each rank's RNG states and data position
-        meta.json                  step, epoch, world size, config, roll spec
-        COMPLETE                   written last: the list of files; a folder without it is never used
+        generator.pt  critic.pt  ema.pt  loader.pt  progress.pt   replicated parts (rank 0)
+        rank-<r>.pt                                                  per-rank parts (every rank)
+        zero/<name>/...                                              ZeRO partitions (ZeRO only)
+        meta.json                                                    step, world size, config, roll spec
+        COMPLETE                                                     written last: every file's sha256
 
-A checkpoint is written as ``.step-<N>.partial`` and renamed when complete, so a kill at any moment
-leaves either the old set of checkpoints or the old set plus the new one — never a damaged latest one.
-Old checkpoints beyond ``keep`` are removed only after a newer one is complete.
+The folder protocol: a checkpoint is written as ``.step-<N>.partial``; every file and the folder are
+fsynced; ``COMPLETE`` lists each file with its sha256 and is written last; then the folder is renamed to
+``step-<N>``. A kill at any moment leaves the old set of checkpoints, or the old set plus the new one.
+Loading checks every digest first, so a damaged file is named before anything is read from it. Old
+checkpoints beyond ``keep`` are removed only after a newer one is complete.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import random
 import re
 import shutil
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import nn
 
+from b2b import ranks
+from b2b.atomic import fsync_dir, save_torch, write_text
 from b2b.config import Config, config_from_dict
 from b2b.errors import CheckpointError
 from b2b.spec import RollSpec
 
+FORMAT = "b2b-checkpoint/2"
 COMPLETE = "COMPLETE"
+META = "meta.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+ABANDONED = "abandoned"
+BEST = "best"
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class PerRank:
+    """Marks a stateful part whose state differs between ranks (each rank saves and restores its own)."""
+
+    def __init__(self, part: Stateful):
+        self.part = part
+
+
+class RNGState:
+    """Every random stream a step draws from, on this rank: torch (CPU and CUDA), numpy, Python."""
+
+    def state_dict(self) -> dict:
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        state = {
+            "torch": torch.get_rng_state(),
+            "numpy": {
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "cached_gaussian": float(cached),
+            },
+            "python": list(random.getstate()[1]),
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        n = state["numpy"]
+        keys = n["keys"].numpy().astype(np.uint32)
+        np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+        random.setstate((3, tuple(state["python"]), None))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class ModuleState:
+    """A module's weights and buffers as a stateful part (the EMA generator)."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def state_dict(self) -> dict:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state)
+
+
+def weights_digest(modules: Mapping[str, nn.Module]) -> str:
+    """SHA-256 of every tensor of ``modules``' state dicts, in order: equal digests, equal weights."""
+    digest = hashlib.sha256()
+    for name, module in modules.items():
+        for key, tensor in module.state_dict().items():
+            digest.update(f"{name}.{key}".encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class WeightsDigest:
+    """A per-rank part: the digest of the weights this rank held when saving.
+
+    Equal digests in every rank file show that all ranks trained one model; on load, the weights just
+    restored must have the saved digest, or the checkpoint is refused.
+    """
+
+    def __init__(self, modules: Mapping[str, nn.Module]):
+        self.modules = modules
+
+    def state_dict(self) -> dict:
+        return {"sha256": weights_digest(self.modules)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("sha256") != weights_digest(self.modules):
+            raise CheckpointError(
+                "the weights restored from the checkpoint do not have the digest saved with them: the "
+                "checkpoint is damaged or was modified; resume from an earlier one"
+            )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Finding checkpoints
 
 
 def checkpoints_dir(run_path: str | Path) -> Path:
@@ -72,7 +183,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint path {str(path)!r} does not exist")
-    if (path / "meta.json").is_file() or _STEP_DIR.match(path.name) or path.name == "best":
+    if (path / META).is_file() or _STEP_DIR.match(path.name) or path.name == BEST:
         if not is_complete(path):
             raise CheckpointError(
                 f"checkpoint {str(path)!r} is incomplete (no {COMPLETE} marker): it was interrupted "
@@ -88,142 +199,326 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return latest
 
 
-# ---------------------------------------------------------------------------------------------------
-# RNG state: every source of randomness a step uses, per rank.
+def step_of(folder: Path) -> int:
+    return int(read_meta(folder)["step"])
 
 
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def read_meta(checkpoint: str | Path) -> dict:
+    path = resolve_checkpoint(checkpoint)
+    try:
+        meta = json.loads((path / META).read_text())
+    except (OSError, ValueError) as exc:
+        message = f"{path / META} is not readable JSON ({exc}); the checkpoint is damaged"
+        raise CheckpointError(message) from None
+    if not isinstance(meta, dict) or "step" not in meta or "config" not in meta:
+        raise CheckpointError(f"{path / META} lacks 'step' or 'config'; the checkpoint is damaged")
+    return meta
 
 
-def set_rng_state(state: Mapping) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def weights_digest(modules: Mapping[str, nn.Module]) -> str:
-    """SHA-256 of every tensor of ``modules``' state dicts, in order: equal digests, equal weights.
-
-    Each rank stores the digest of its own copy in its rank file, so a checkpoint shows that all ranks
-    held the same model (a rank that drifted apart would be visible).
-    """
-    import hashlib
-
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    for name, module in modules.items():
-        for key, tensor in module.state_dict().items():
-            digest.update(f"{name}.{key}".encode())
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
     return digest.hexdigest()
 
 
+def verify(folder: Path) -> None:
+    """Check every file listed in ``COMPLETE`` against its sha256; raise CheckpointError naming the first
+    missing or damaged file (a checkpoint of the old format, without digests, is refused too)."""
+    try:
+        listing = json.loads((folder / COMPLETE).read_text())
+    except (OSError, ValueError) as exc:
+        message = f"{folder / COMPLETE} is not readable ({exc}); the checkpoint is damaged"
+        raise CheckpointError(message) from None
+    digests = listing.get("sha256") if isinstance(listing, dict) else None
+    if not isinstance(digests, dict):
+        raise CheckpointError(
+            f"{folder} was written by an older b2b (checkpoint format 1, without file digests) and cannot "
+            "be resumed by this version; sample from it (b2b sample still reads it) or start a new run"
+        )
+    for name, expected in sorted(digests.items()):
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing from checkpoint {folder} (listed in {COMPLETE})")
+        if file_sha256(path) != expected:
+            raise CheckpointError(f"{path} is damaged: its sha256 differs from the one in {COMPLETE}")
+
+
+def _load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types on a damaged or foreign file
+        raise CheckpointError(f"{path} cannot be loaded safely ({type(exc).__name__}: {exc})") from None
+
+
 # ---------------------------------------------------------------------------------------------------
-# Saving
+# The checkpointer
 
 
-def save_checkpoint(
-    run_path: str | Path,
-    step: int,
-    *,
-    rank: int,
-    world_size: int,
-    barrier: Callable[[], None],
-    models: Mapping[str, nn.Module],
-    nets: Mapping[str, Any],
-    rank_state: Mapping[str, Any],
-    meta: Mapping[str, Any],
-    keep: int,
-) -> Path:
-    """Write checkpoint ``step`` collectively; every rank calls this with its own ``rank_state``.
+class Checkpointer:
+    """Saves and restores every stateful part of a run by name.
 
-    ``models`` are saved by rank 0 (their weights are identical on every rank); each of ``nets``
-    (b2b.engine.Net or b2b.zero.ZeroNet) saves its own training state on every rank. Returns the final
-    folder. An existing complete checkpoint of the same step is kept as it is.
+    Parameters
+    ----------
+    run_path : Path
+        The run folder; checkpoints go to ``<run_path>/checkpoints``.
+    states : mapping of name to part
+        A :class:`Stateful` (replicated: rank 0 writes it), a :class:`PerRank` around one, or a part that
+        also has ``save_files(folder, name)`` / ``load_files(folder, name)`` (called on every rank).
+    keep : int
+        Complete checkpoints kept.
     """
-    root = checkpoints_dir(run_path)
-    final = root / f"step-{step}"
-    partial = root / f".step-{step}.partial"
-    if rank == 0:
-        root.mkdir(parents=True, exist_ok=True)
-        if partial.exists():
-            shutil.rmtree(partial)  # left by a killed save
-        if not is_complete(final):
+
+    def __init__(self, run_path: Path, states: Mapping[str, Any], keep: int):
+        self.run_path = Path(run_path)
+        self.root = checkpoints_dir(run_path)
+        self.states = dict(states)
+        self.keep = keep
+
+    def _replicated(self) -> dict[str, Stateful]:
+        return {k: v for k, v in self.states.items() if not isinstance(v, PerRank)}
+
+    def _per_rank(self) -> dict[str, Stateful]:
+        return {k: v.part for k, v in self.states.items() if isinstance(v, PerRank)}
+
+    def _with_files(self) -> dict[str, Any]:
+        return {k: v for k, v in self._replicated().items() if hasattr(v, "save_files")}
+
+    # -- saving ---------------------------------------------------------------------------------------
+
+    def save(self, step: int, meta: Mapping[str, Any]) -> Path:
+        """Write checkpoint ``step`` collectively (every rank calls it); return its folder.
+
+        Raises CheckpointError when a rank cannot write its part; for a full disk the message names the
+        folder and the bytes needed. The partial folder is then removed and earlier checkpoints stay intact.
+        """
+        final = self.root / f"step-{step}"
+        partial = self.root / f".step-{step}.partial"
+        rank = ranks.rank()
+
+        def prepare() -> None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(partial, ignore_errors=True)  # left by a killed save
+            if is_complete(final):
+                # A resume moves later checkpoints away (abandon_after), so this is another trainer's.
+                raise CheckpointError(f"{final} already exists: another run wrote to {self.run_path}")
+            if final.exists():
+                shutil.rmtree(final)  # an incomplete leftover with the final name
             partial.mkdir()
-    barrier()
-    if is_complete(final):
-        return final  # this step was already saved (e.g. a stop right after a resume)
-    torch.save(dict(rank_state), partial / f"rank-{rank:05d}.pt")
-    for name, net in nets.items():
-        net.save_training_state(partial, name)
-    if rank == 0:
-        torch.save({name: m.state_dict() for name, m in models.items()}, partial / "models.pt")
-        (partial / "meta.json").write_text(json.dumps(dict(meta), indent=2, default=str))
-    barrier()
-    if rank == 0:
-        missing = [r for r in range(world_size) if not (partial / f"rank-{r:05d}.pt").is_file()]
+
+        def write() -> None:
+            states = {n: p.state_dict() for n, p in self._per_rank().items()}
+            save_torch(states, partial / f"rank-{rank:05d}.pt")
+            for name, part in self._with_files().items():
+                part.save_files(partial, name)
+            if rank == 0:
+                for name, part in self._replicated().items():
+                    save_torch(part.state_dict(), partial / f"{name}.pt")
+                values = {"format": FORMAT, **meta, "world_size": ranks.world_size(), "time": time.time()}
+                write_text(partial / META, json.dumps(values, indent=2, default=str))
+
+        self._together(prepare if rank == 0 else None, partial)
+        self._together(write, partial)
+        self._together((lambda: self._complete(partial, final, step)) if rank == 0 else None, partial)
+        return final
+
+    def _together(self, work: Callable[[], None] | None, partial: Path) -> None:
+        """Run ``work`` on this rank, then agree across ranks: if any rank failed, all raise (a barrier)."""
+        error = None
+        try:
+            if work is not None:
+                work()
+        except OSError as exc:
+            error = self._disk_error(exc, partial)
+        except CheckpointError as exc:
+            error = str(exc)
+        if ranks.any_true(error is not None):
+            if ranks.rank() == 0:
+                shutil.rmtree(partial, ignore_errors=True)
+            raise CheckpointError(error or f"another rank failed to write its part of {partial}")
+
+    def _disk_error(self, exc: OSError, partial: Path) -> str:
+        if exc.errno != errno.ENOSPC:
+            return f"cannot write checkpoint {partial}: {exc}"
+        previous = latest_checkpoint(self.run_path)
+        need = sum(p.stat().st_size for p in previous.rglob("*") if p.is_file()) if previous else None
+        size = f"about {need / 1e6:.1f} MB (the size of {previous.name})" if need else "more room"
+        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+        return (
+            f"no space left on the device of {self.root}: a checkpoint needs {size}; {kept}. "
+            "Free space and run the same command again to resume"
+        )
+
+    def _complete(self, partial: Path, final: Path, step: int) -> None:
+        missing = [r for r in range(ranks.world_size()) if not (partial / f"rank-{r:05d}.pt").is_file()]
         if missing:
             raise CheckpointError(
-                f"ranks {missing} did not write their state into {partial}: is {root} on storage "
+                f"ranks {missing} did not write their state into {partial}: is {self.root} on storage "
                 "shared by all nodes?"
             )
-        files = sorted(p.name for p in partial.iterdir())
-        (partial / COMPLETE).write_text(json.dumps({"step": step, "files": files}) + "\n")
-        if final.exists():
-            shutil.rmtree(final)  # an incomplete leftover with the final name (never a complete one)
+        files = sorted(p for p in partial.rglob("*") if p.is_file())
+        for folder in {p.parent for p in files} | {partial}:
+            fsync_dir(folder)
+        digests = {str(p.relative_to(partial)): file_sha256(p) for p in files}
+        write_text(partial / COMPLETE, json.dumps({"step": step, "sha256": digests}, indent=1) + "\n")
+        fsync_dir(partial)
         os.replace(partial, final)
-        prune(run_path, keep)
-    barrier()
-    return final
+        fsync_dir(self.root)
+        self.prune()
+
+    def prune(self) -> list[Path]:
+        """Delete all but the newest ``keep`` complete checkpoints (never the newest); return what went."""
+        found = complete_checkpoints(self.run_path)
+        doomed = [path for _, path in found[: max(0, len(found) - max(1, self.keep))]]
+        for path in doomed:
+            # Remove the marker first: a kill during rmtree then leaves an incomplete folder, never a
+            # folder that claims to be complete but is missing files.
+            (path / COMPLETE).unlink(missing_ok=True)
+            shutil.rmtree(path, ignore_errors=True)
+        return doomed
+
+    def mark_best(self, checkpoint: Path) -> Path:
+        """Make ``checkpoints/best`` the given checkpoint, with one atomic rename (rank 0).
+
+        ``best`` is a symbolic link to a hidden copy (hard links where possible) that pruning leaves alone.
+        """
+        copy = self.root / f".best-{checkpoint.name}"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(checkpoint, copy, copy_function=_link_or_copy)
+        link = self.root / f".{BEST}.link"
+        link.unlink(missing_ok=True)
+        link.symlink_to(copy.name)
+        old = (self.root / BEST).resolve() if (self.root / BEST).is_symlink() else None
+        if (self.root / BEST).is_dir() and not (self.root / BEST).is_symlink():
+            shutil.rmtree(self.root / BEST)  # a best folder of the old format
+        os.replace(link, self.root / BEST)
+        fsync_dir(self.root)
+        if old is not None and old != copy.resolve():
+            shutil.rmtree(old, ignore_errors=True)
+        return self.root / BEST
+
+    # -- loading ---------------------------------------------------------------------------------------
+
+    def load(self, folder: Path) -> dict:
+        """Restore every part from ``folder`` (verified beforehand with :func:`verify`); return its meta.
+
+        Per-rank parts are restored only on the world size they were saved with (on another, each rank
+        keeps its fresh streams).
+        """
+        meta = read_meta(folder)
+        same_world = meta.get("world_size") == ranks.world_size()
+        for name, part in self._replicated().items():
+            path = folder / f"{name}.pt"
+            if not path.is_file():
+                raise CheckpointError(f"{path} is missing: checkpoint {folder} does not hold {name!r}")
+            part.load_state_dict(_load(path))
+        for name, part in self._with_files().items():
+            part.load_files(folder, name)
+        if same_world:
+            mine = _load(folder / f"rank-{ranks.rank():05d}.pt")
+            for name, part in self._per_rank().items():
+                if name in mine:
+                    part.load_state_dict(mine[name])
+        return meta
+
+    def abandon_after(self, step: int) -> list[Path]:
+        """Move the checkpoints after ``step`` (and a ``best`` among them) to ``checkpoints/abandoned/``:
+        a run resumed from an earlier checkpoint starts a new trajectory, whose checkpoints replace them."""
+        moved = []
+        target = self.root / ABANDONED / time.strftime("%Y%m%d-%H%M%S")
+        best = self.root / BEST
+        candidates = [path for s, path in complete_checkpoints(self.run_path) if s > step]
+        if best.exists() and is_complete(best) and step_of(best) > step:
+            candidates.append(best)
+        for path in candidates:
+            target.mkdir(parents=True, exist_ok=True)
+            destination = target / path.name
+            if path.is_symlink():
+                shutil.copytree(path.resolve(), destination, copy_function=_link_or_copy)
+                shutil.rmtree(path.resolve(), ignore_errors=True)
+                path.unlink()
+            else:
+                os.replace(path, destination)
+            moved.append(destination)
+        if moved:
+            fsync_dir(self.root)
+        return moved
+
+    def remove_leftovers(self) -> list[Path]:
+        """Delete ``.step-N.partial`` folders and stray best copies left by killed saves (rank 0)."""
+        if not self.root.is_dir():
+            return []
+        best = (self.root / BEST).resolve() if (self.root / BEST).is_symlink() else None
+        gone = []
+        for path in self.root.iterdir():
+            stale = (path.name.startswith(".step-") and path.name.endswith(".partial")) or (
+                path.name.startswith(".best-") and path.resolve() != best
+            )
+            if stale or path.name == f".{BEST}.link":
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                gone.append(path)
+        return gone
 
 
-def prune(run_path: str | Path, keep: int) -> list[Path]:
-    """Delete all but the newest ``keep`` complete checkpoints (never the newest); return what went."""
-    found = complete_checkpoints(run_path)
-    doomed = [path for _, path in found[: max(0, len(found) - max(1, keep))]]
-    for path in doomed:
-        # Remove the marker first: a kill during rmtree then leaves an incomplete folder, never a
-        # folder that claims to be complete but is missing files.
-        (path / COMPLETE).unlink(missing_ok=True)
-        shutil.rmtree(path, ignore_errors=True)
-    return doomed
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
-def copy_as(checkpoint: Path, name: str) -> Path:
-    """Atomically replace ``checkpoints/<name>`` by a copy of ``checkpoint`` (hard links where possible)."""
-    target = checkpoint.parent / name
-    partial = checkpoint.parent / f".{name}.partial"
-    if partial.exists():
-        shutil.rmtree(partial)
-
-    def link_or_copy(src: str, dst: str) -> None:
+def choose_resume(run_path: Path, resume: str, warn: Callable[[str], None]) -> Path | None:
+    """The checkpoint a run resumes from: ``auto`` (the newest that verifies, falling back to older ones
+    with a warning for each damaged one), ``never``, or a given path (which must verify)."""
+    if resume == "never":
+        return None
+    if resume != "auto":
+        folder = resolve_checkpoint(resume)
+        verify(folder)
+        read_meta(folder)
+        return folder
+    for _, folder in reversed(complete_checkpoints(run_path)):
         try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-
-    shutil.copytree(checkpoint, partial, copy_function=link_or_copy)
-    old = checkpoint.parent / f".{name}.old"
-    if target.exists():
-        os.replace(target, old)
-    os.replace(partial, target)
-    shutil.rmtree(old, ignore_errors=True)
-    return target
+            verify(folder)
+            read_meta(folder)
+            return folder
+        except CheckpointError as exc:
+            warn(f"warning: {exc}; falling back to the previous checkpoint")
+    return None
 
 
-# ---------------------------------------------------------------------------------------------------
-# Loading
+# Config keys whose change makes a checkpoint unusable (the weights or states would not fit).
+INCOMPATIBLE_SECTIONS = ("model",)
+INCOMPATIBLE_KEYS = (("data", "shape"), ("deepspeed", "zero_stage"))
+COMPATIBLE_MODEL_KEYS = ("density_init",)  # initialisation only: irrelevant once weights exist
+
+
+def check_compatible(meta: Mapping, cfg: Config, path: Path) -> None:
+    """Refuse to resume ``path`` with a config that changes the networks or the checkpoint format."""
+    saved = saved_config(meta["config"], f" (config saved in {path})").to_dict()
+    now = cfg.to_dict()
+    diffs = []
+    keys = [(s, k) for s in INCOMPATIBLE_SECTIONS for k in now[s] if k not in COMPATIBLE_MODEL_KEYS]
+    for section, key in [*keys, *INCOMPATIBLE_KEYS]:
+        if saved[section].get(key) != now[section][key]:
+            was, now_value = saved[section].get(key), now[section][key]
+            diffs.append(f"{section}.{key}: checkpoint {was!r}, config {now_value!r}")
+    if diffs:
+        raise CheckpointError(
+            f"cannot resume from {path}: the config changes what the checkpoint holds ("
+            + "; ".join(diffs)
+            + "). Use the checkpoint's settings, or start a new run "
+            "(another name= or checkpoint.resume=never)"
+        )
+
 
 # Config keys added since the first checkpoints, with the value those checkpoints were trained with (the
-# current default may differ): a model saved before ``model.output`` existed had the seed's sigmoid.
+# current default may differ): a model saved before ``model.output`` existed had the original sigmoid.
 _BEFORE_KEYS = {
     ("model", "output"): "sigmoid",
     ("model", "density_init"): False,
+    ("model", "pitch_bias"): False,
     ("model", "mbstd_group"): 0,
     ("model", "critic_norm_first"): True,
 }
@@ -237,52 +532,17 @@ def saved_config(values: dict, where: str) -> Config:
     return config_from_dict(values, where)
 
 
-def read_meta(checkpoint: str | Path) -> dict:
-    path = resolve_checkpoint(checkpoint)
-    return json.loads((path / "meta.json").read_text())
+# ---------------------------------------------------------------------------------------------------
+# Generators for sampling
 
 
-# Config keys whose change makes a checkpoint unusable (the weights or states would not fit).
-INCOMPATIBLE_SECTIONS = ("model",)
-INCOMPATIBLE_KEYS = (("data", "shape"), ("deepspeed", "zero_stage"))
-
-
-def check_compatible(meta: Mapping, cfg: Config, path: Path) -> None:
-    """Refuse to resume ``path`` with a config that changes the networks or the checkpoint format."""
-    saved = meta["config"]
-    now = cfg.to_dict()
-    diffs = []
-    for section in INCOMPATIBLE_SECTIONS:
-        for key, value in now[section].items():
-            if saved[section].get(key) != value:
-                diffs.append(f"{section}.{key}: checkpoint {saved[section].get(key)!r}, config {value!r}")
-    for section, key in INCOMPATIBLE_KEYS:
-        if saved[section].get(key) != now[section][key]:
-            diffs.append(
-                f"{section}.{key}: checkpoint {saved[section].get(key)!r}, config {now[section][key]!r}"
-            )
-    if diffs:
-        raise CheckpointError(
-            f"cannot resume from {path}: the config changes what the checkpoint holds ("
-            + "; ".join(diffs)
-            + "). Use the checkpoint's settings, or start a new run "
-            "(another name= or checkpoint.resume=never)"
-        )
-
-
-def load_models(checkpoint: Path, models: Mapping[str, nn.Module]) -> None:
-    state = torch.load(checkpoint / "models.pt", map_location="cpu", weights_only=True)
-    for name, module in models.items():
-        module.load_state_dict(state[name])
-
-
-def load_rank_state(checkpoint: Path, rank: int, world_size: int, saved_world_size: int) -> dict:
-    """This rank's saved state; on a different world size, rank 0's (RNG states are then not restored)."""
-    if world_size == saved_world_size:
-        return torch.load(checkpoint / f"rank-{rank:05d}.pt", map_location="cpu", weights_only=False)
-    state = torch.load(checkpoint / "rank-00000.pt", map_location="cpu", weights_only=False)
-    state.pop("rng", None)
-    return state
+def _generator_weights(checkpoint: Path, use_ema: bool) -> dict:
+    if (checkpoint / "ema.pt").is_file():  # this format
+        verify(checkpoint)
+        return _load(checkpoint / "ema.pt") if use_ema else _load(checkpoint / "generator.pt")["model"]
+    if (checkpoint / "models.pt").is_file():  # format 1: models.pt held all three
+        return _load(checkpoint / "models.pt")["ema" if use_ema else "generator"]
+    raise CheckpointError(f"{checkpoint} holds no generator weights (no ema.pt or models.pt)")
 
 
 def load_generator(path: str | Path, use_ema: bool = True) -> tuple[nn.Module, RollSpec, Config]:
@@ -293,15 +553,17 @@ def load_generator(path: str | Path, use_ema: bool = True) -> tuple[nn.Module, R
     from b2b.models import build_models
 
     path = Path(path)
-    if path.suffix == ".safetensors":
+    if path.is_file() or path.suffix == ".safetensors":  # an export, whatever its file name
         return _load_exported(path)
     checkpoint = resolve_checkpoint(path)
     meta = read_meta(checkpoint)
     cfg = saved_config(meta["config"], f" (config saved in {checkpoint})")
     spec = RollSpec.from_dict(meta["spec"])
     generator, _ = build_models(cfg, spec.shape)
-    state = torch.load(checkpoint / "models.pt", map_location="cpu", weights_only=True)
-    generator.load_state_dict(state["ema" if use_ema else "generator"])
+    try:
+        generator.load_state_dict(_generator_weights(checkpoint, use_ema))
+    except RuntimeError as exc:
+        raise CheckpointError(f"{checkpoint}: the generator weights do not fit its config ({exc})") from None
     return generator.eval(), spec, cfg
 
 
@@ -309,11 +571,12 @@ def export_generator(checkpoint: str | Path, out: str | Path, use_ema: bool = Tr
     """Write the (EMA) generator of ``checkpoint`` with its config and spec as one safetensors file."""
     from safetensors.torch import save_file
 
+    from b2b.atomic import temporary_path
+
     generator, spec, cfg = load_generator(checkpoint, use_ema)
     checkpoint = resolve_checkpoint(checkpoint)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     metadata = {
         "b2b_config": json.dumps(cfg.to_dict()),
         "b2b_spec": json.dumps(spec.to_dict()),
@@ -321,21 +584,25 @@ def export_generator(checkpoint: str | Path, out: str | Path, use_ema: bool = Tr
         "b2b_weights": "ema" if use_ema else "generator",
     }
     tensors = {k: v.contiguous() for k, v in generator.state_dict().items()}
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, out)
+    with temporary_path(out) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return out
 
 
 def _load_exported(path: Path) -> tuple[nn.Module, RollSpec, Config]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     from b2b.models import build_models
 
     if not path.is_file():
         raise CheckpointError(f"exported generator {str(path)!r} does not exist")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        weights = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
     if "b2b_config" not in metadata:
         raise CheckpointError(
             f"{path} is not a b2b export (no b2b_config metadata); make one with `b2b export`"
@@ -343,5 +610,5 @@ def _load_exported(path: Path) -> tuple[nn.Module, RollSpec, Config]:
     cfg = saved_config(json.loads(metadata["b2b_config"]), f" (config in {path})")
     spec = RollSpec.from_dict(json.loads(metadata["b2b_spec"]))
     generator, _ = build_models(cfg, spec.shape)
-    generator.load_state_dict(load_file(str(path)))
+    generator.load_state_dict(weights)
     return generator.eval(), spec, cfg

@@ -1,14 +1,17 @@
 """The run configuration: YAML files plus dotted ``key=value`` overrides, validated before any work.
 
 Every field has a default, a type and (where it matters) a set of valid values. ``load_config`` reads a
-YAML file, applies overrides such as ``train.precision=fp16``, checks types and values, and returns a
-:class:`Config`. Errors name the key, the value and what would be valid. ``validate_for_training``
-adds the checks that need the file system (shards present, shape producible by the networks).
+YAML file, applies overrides such as ``train.precision=fp16``, checks types and values (NaN and
+infinities are refused for every number), and returns a :class:`Config`. Errors name the key, the value
+and what would be valid. This module is a leaf: checks that need the file system, the networks or
+DeepSpeed live in :mod:`b2b.preflight`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +22,8 @@ import yaml
 
 from b2b.atomic import write_text
 from b2b.errors import ConfigError
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")  # a run name is one folder: no '/', no shell or space
 
 
 def _choice(*values: Any) -> dict:
@@ -49,7 +54,8 @@ class ModelConfig:
     sync_batchnorm: bool = False
     # What the critic sees from the generator: probabilities, or binary notes (straight-through).
     output: str = field(default="binary_det", metadata=_choice("sigmoid", "binary_det", "binary_stoch"))
-    density_init: bool = True  # start each track's output bias at logit(its on-cell share in the data)
+    pitch_bias: bool = True  # a learned output bias per track and pitch
+    density_init: bool = True  # start the output bias at each track's (pitch's) share of on-cells in the data
     mbstd_group: int = field(default=0, metadata=_at_least(0))  # minibatch-std channel in the critic
     critic_norm_first: bool = True  # normalize the critic's first convolution too (false: bias, no norm)
 
@@ -205,6 +211,8 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
     if "choices" in meta and out not in meta["choices"]:
         valid = ", ".join(repr(c) for c in meta["choices"])
         raise ConfigError(f"{key}: {out!r} is not one of {valid}")
+    if isinstance(out, float) and not math.isfinite(out):
+        raise ConfigError(f"{key}: {value!r} is not a finite number")
     if "min" in meta and out < meta["min"]:
         raise ConfigError(f"{key}: {out!r} is below the minimum {meta['min']}")
     if "max" in meta and out > meta["max"]:
@@ -276,9 +284,16 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
         try:
-            values = yaml.safe_load(path.read_text()) or {}
+            values = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {str(path)!r} cannot be read ({exc})") from None
+        if values is None:
+            raise ConfigError(
+                f"config file {str(path)!r} is empty: give it settings (see configs/) or leave out --config "
+                "to train with the defaults"
+            )
         where = f" in {path}"
         config_from_dict(values, where)  # report file errors against the file
     cfg = config_from_dict(_merge(values, parse_overrides(overrides or [])), where)
@@ -301,31 +316,13 @@ def _check_consistency(cfg: Config) -> None:
             "penalty: SyncBatchNorm has no double backward (pytorch#61222). Use model.critic_norm=layer "
             "(recommended for WGAN-GP) or none, or sync_batchnorm=false"
         )
-    if not cfg.name or "/" in cfg.name:
-        raise ConfigError(f"name: {cfg.name!r} must be a non-empty folder name without '/'")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Checks that need the file system
-
-
-def validate_for_training(cfg: Config) -> dict:
-    """Check what training needs from disk; return the shards' manifest.
-
-    Raises ConfigError / DataError / ShapeError before any process group is started.
-    """
-    from b2b.manifest import read_manifest
-    from b2b.models import check_shape
-    from b2b.zero import check_config as check_zero_config
-
-    check_zero_config(cfg)
-    manifest = read_manifest(cfg.data.shards)
-    shape = list(manifest["shape"])
-    if cfg.data.shape is not None and list(cfg.data.shape) != shape:
+    for key in ("run_dir", "data.shards", "log.project", "checkpoint.resume"):
+        section, _, field_name = key.rpartition(".")
+        value = getattr(getattr(cfg, section) if section else cfg, field_name)
+        if any(ord(ch) < 32 for ch in value):
+            raise ConfigError(f"{key}: {value!r} contains a newline or control character")
+    if not SAFE_NAME.fullmatch(cfg.name) or cfg.name in (".", ".."):
         raise ConfigError(
-            f"data.shape {cfg.data.shape} does not match the shards in {cfg.data.shards!r}, "
-            f"which hold samples of shape {shape}; drop data.shape or rebuild the shards"
+            f"name: {cfg.name!r} is not a safe folder name: use letters, digits, '.', '_' and '-' "
+            "(at most 100 characters, not '.' or '..'), e.g. name=lpd17-run1"
         )
-    cfg.data.shape = shape
-    check_shape(shape)
-    return manifest

@@ -31,7 +31,12 @@ afresh over the new layout, so that nothing is lost or repeated; the epochs afte
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import dataclasses
+import functools
+import os
+import signal
 import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -44,11 +49,19 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import tar_file_iterator
 
 from b2b.codec import ENCODING, SUFFIX, inflate_roll, packed_size, unpack_rolls
+from b2b.epoch_plan import (
+    TRANSPOSE_TAG,
+    LayoutSpan,
+    lane_batches,
+    lane_block,
+    remaining_sequence,
+    rng,
+)
 from b2b.errors import B2BError, ConfigError, DataError
-from b2b.manifest import read_manifest
+from b2b.manifest import manifest_shape, read_manifest, shard_path
+from b2b.stopping import die_with_parent, ignore_stop_signals
 
 STATE_FORMAT = "b2b-loader/1"
-_SHARD_TAG, _WINDOW_TAG, _TRANSPOSE_TAG = 0, 1, 2  # keep the random streams of an epoch apart
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -87,9 +100,7 @@ def load_split(shards: str | Path, split: str) -> ShardSplit:
     where = root / "manifest.json"
     if manifest.get("encoding", ENCODING) != ENCODING:
         raise DataError(f"{where}: encoding {manifest['encoding']!r} is not {ENCODING!r}; rebuild the shards")
-    shape = manifest.get("shape")
-    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(s, int) and s > 0 for s in shape)):
-        raise DataError(f"{where}: 'shape' must be [tracks, time, pitch] of positive integers, got {shape!r}")
+    shape = manifest_shape(manifest, root)
     entries = [s for s in manifest.get("shards", []) if s.get("split") == split]
     if not entries:
         splits = sorted({s.get("split") for s in manifest.get("shards", [])})
@@ -106,7 +117,7 @@ def load_split(shards: str | Path, split: str) -> ShardSplit:
         ) from None
     paths = []
     for entry, name in zip(entries, names, strict=True):
-        path = root / name
+        path = shard_path(root, name)
         if not path.is_file():
             raise DataError(f"shard {path} is listed in {where} but does not exist; rebuild the shards")
         size = path.stat().st_size
@@ -131,87 +142,6 @@ def load_split(shards: str | Path, split: str) -> ShardSplit:
         shape=tuple(shape),
         content_hash=str(manifest.get("content_hash", "")),
     )
-
-
-# ---------------------------------------------------------------------------------------------------
-# The plan of an epoch: pure functions of indices
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A stretch of an epoch run with one layout; ``batches_done`` batches per rank were consumed in it.
-
-    ``lanes`` is the number of DataLoader workers (at least 1) that split each rank's block.
-    """
-
-    world_size: int
-    batch_size: int
-    shuffle_buffer: int
-    lanes: int = 1
-    batches_done: int = 0
-
-    def layout(self) -> tuple[int, int, int, int]:
-        return (self.world_size, self.batch_size, self.shuffle_buffer, self.lanes)
-
-    def batches_per_rank(self, n_samples: int) -> int:
-        return n_samples // (self.world_size * self.batch_size)
-
-
-def _rng(seed: int, *tags: int) -> np.random.Generator:
-    return np.random.default_rng([seed % 2**64, *tags])
-
-
-def epoch_sequence(counts: Sequence[int] | np.ndarray, seed: int, epoch: int) -> np.ndarray:
-    """All sample positions of a split, shards in the order epoch ``epoch`` visits them."""
-    counts = np.asarray(counts, dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(counts)])
-    order = _rng(seed, epoch, _SHARD_TAG).permutation(len(counts))
-    return np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in order])
-
-
-def lane_batches(per_rank: int, lanes: int, lane: int, before: int | None = None) -> int:
-    """How many of a rank's first ``before`` batches (default: all ``per_rank``) belong to ``lane``."""
-    before = per_rank if before is None else before
-    return max(0, (before - lane + lanes - 1) // lanes)
-
-
-def lane_block(
-    sequence: np.ndarray, rank: int, lane: int, layout: Segment, seed: int, epoch: int, segment: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The part of ``sequence`` that ``lane`` of ``rank`` reads, and the order it serves it in.
-
-    Returns
-    -------
-    block : np.ndarray
-        The lane's positions in reading order: a contiguous slice of the rank's ``K * batch_size``.
-    perm : np.ndarray
-        ``block[perm]`` is the lane's output order; its ``j``-th batch is the rank's batch
-        ``j * lanes + lane``.
-    """
-    size = layout.batch_size
-    per_rank = layout.batches_per_rank(len(sequence))
-    start = (rank * per_rank + sum(lane_batches(per_rank, layout.lanes, m) for m in range(lane))) * size
-    block = sequence[start : start + lane_batches(per_rank, layout.lanes, lane) * size]
-    jitter = _rng(seed, epoch, _WINDOW_TAG, segment, rank, lane).random(len(block))
-    perm = np.argsort(np.arange(len(block)) + layout.shuffle_buffer * jitter, kind="stable")
-    return block, perm
-
-
-def remaining_sequence(
-    counts: Sequence[int] | np.ndarray, seed: int, epoch: int, history: Sequence[Segment]
-) -> np.ndarray:
-    """The positions of epoch ``epoch`` not consumed by the segments in ``history``, in reading order."""
-    sequence = epoch_sequence(counts, seed, epoch)
-    for index, segment in enumerate(history):
-        taken = np.zeros(int(np.sum(counts)), dtype=bool)
-        per_rank = segment.batches_per_rank(len(sequence))
-        for rank in range(segment.world_size):
-            for lane in range(segment.lanes):
-                block, perm = lane_block(sequence, rank, lane, segment, seed, epoch, index)
-                done = lane_batches(per_rank, segment.lanes, lane, before=segment.batches_done)
-                taken[block[perm[: done * segment.batch_size]]] = True
-        sequence = sequence[~taken[sequence]]
-    return sequence
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -326,16 +256,17 @@ def iter_samples(shards: str | Path, split: str = "val", limit: int | None = Non
             produced += 1
 
 
-def track_density(shards: str | Path, split: str = "train", limit: int = 2048) -> np.ndarray:
-    """Each track's share of on-cells over the first ``limit`` samples of ``split``: ``(tracks,)`` float64.
+def cell_density(shards: str | Path, split: str = "train", limit: int = 2048) -> np.ndarray:
+    """The share of steps each pitch of each track is on, over the first ``limit`` samples of ``split``:
+    ``(tracks, pitch)`` float64.
 
     The same on every rank (shard order, no shuffling), so a network initialised from it starts identical
     everywhere.
     """
     total, count = None, 0
     for roll in iter_samples(shards, split=split, limit=limit):
-        per_track = roll.reshape(roll.shape[0], -1).mean(axis=1, dtype=np.float64)
-        total = per_track if total is None else total + per_track
+        per_cell = roll.mean(axis=1, dtype=np.float64)
+        total = per_cell if total is None else total + per_cell
         count += 1
     if total is None:
         raise DataError(f"the {split} split of {shards} holds no samples")
@@ -400,7 +331,7 @@ class _BatchStream(IterableDataset):
         self,
         data: ShardSplit,
         rank: int,
-        layout: Segment,
+        layout: LayoutSpan,
         seed: int,
         epoch: int,
         history: tuple,
@@ -486,13 +417,12 @@ class _BatchStream(IterableDataset):
 # The loader the trainer uses
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
-    """Workers leave SIGTERM/SIGINT/SIGUSR2 to the training process, which saves and stops them cleanly
-    (Slurm and terminals signal every process of a job; a worker must not die of it mid-batch)."""
-    import signal
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
-        signal.signal(sig, signal.SIG_IGN)
+def _init_worker(pids, worker_id: int) -> None:
+    """A DataLoader worker: leave stop signals to the training process (which stops at a step boundary
+    and needs its batches until then), die with it, and tell it this pid (for :meth:`TrainLoader.close`)."""
+    ignore_stop_signals()
+    die_with_parent()
+    pids[worker_id] = os.getpid()
 
 
 class TrainLoader:
@@ -556,7 +486,7 @@ class TrainLoader:
         self.rank, self.seed, self.num_workers, self.transpose = rank, seed, num_workers, transpose
         tracks = read_manifest(shards).get("spec", {}).get("tracks", [])
         self.pitched = np.array([not t.get("is_drum", False) for t in tracks] or [True] * self.data.shape[0])
-        self.layout = Segment(world_size, batch_size, shuffle_buffer, lanes=max(1, num_workers))
+        self.layout = LayoutSpan(world_size, batch_size, shuffle_buffer, lanes=max(1, num_workers))
         n = self.data.n_samples
         if n < world_size * batch_size:
             raise DataError(
@@ -567,14 +497,18 @@ class TrainLoader:
         self.batches_per_epoch = n // (world_size * batch_size)
         self.dropped_per_epoch = n - self.batches_per_epoch * world_size * batch_size
         self.epoch = 0
-        self._history: tuple[Segment, ...] = ()  # earlier layouts of the current epoch
+        self._history: tuple[LayoutSpan, ...] = ()  # earlier layouts of the current epoch
         self._done = 0  # batches received in the current epoch under the current layout
         self._left = self.batches_per_epoch  # batches the current layout serves in this epoch
         self._generation = 0  # bumped by __iter__ and load_state_dict: a stale iterator stops
+        self._worker_pids = None  # of the current iterator's workers (shared with them)
+        # Registered after multiprocessing's own exit hook, so it runs first: its join of daemonic
+        # children would otherwise wait forever for workers that ignore SIGTERM.
+        atexit.register(self.close)
 
     # -- position ------------------------------------------------------------------------------------
 
-    def _batches_in_layout(self, history: Sequence[Segment]) -> int:
+    def _batches_in_layout(self, history: Sequence[LayoutSpan]) -> int:
         consumed = sum(s.world_size * s.batch_size * s.batches_done for s in history)
         return (self.data.n_samples - consumed) // (self.layout.world_size * self.layout.batch_size)
 
@@ -583,6 +517,13 @@ class TrainLoader:
         if self._done >= self._left:
             self.epoch, self._history, self._done = self.epoch + 1, (), 0
             self._left = self.batches_per_epoch
+
+    @property
+    def epochs_done(self) -> float:
+        """Epochs of data consumed so far, as a fraction (the learning-rate schedule's clock)."""
+        consumed = sum(s.world_size * s.batch_size * s.batches_done for s in self._history)
+        consumed += self.layout.world_size * self.layout.batch_size * self._done
+        return self.epoch + consumed / self.data.n_samples
 
     def state_dict(self) -> dict:
         """The position after the batches handed out so far (identical on every rank)."""
@@ -627,8 +568,8 @@ class TrainLoader:
                 f"would point at other samples; resume with the original shards or start a fresh run"
             )
         try:
-            history = [Segment(**s) for s in state["history"]]
-            saved = Segment(
+            history = [LayoutSpan(**s) for s in state["history"]]
+            saved = LayoutSpan(
                 world_size=state["world_size"],
                 batch_size=state["batch_size"],
                 shuffle_buffer=state["shuffle_buffer"],
@@ -655,6 +596,19 @@ class TrainLoader:
             self.epoch, self._history, self._done = epoch + 1, (), 0
             self._left = self.batches_per_epoch
 
+    def close(self) -> None:
+        """Stop the current iterator's worker processes now (SIGKILL: they ignore stop signals).
+
+        The trainer calls this when it stops for any reason, so no worker outlives a failed rank; it
+        also runs at interpreter exit.
+        """
+        pids, self._worker_pids = self._worker_pids, None
+        self._generation += 1
+        for pid in list(pids or []):
+            if pid > 0:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
     # -- iteration -----------------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[torch.Tensor]:
@@ -672,6 +626,7 @@ class TrainLoader:
             )
             slots.share_memory_()
             slots_np = slots.numpy()
+            self._worker_pids = context.Array("i", self.num_workers)
             free = [context.Semaphore(_SLOTS) for _ in range(self.num_workers)]
             stream = _BatchStream(
                 self.data, self.rank, layout, self.seed, self.epoch, self._history, slots=slots, free=free
@@ -686,7 +641,7 @@ class TrainLoader:
                     # A private generator: the iterator otherwise draws its base seed from the global
                     # torch RNG, so where an epoch starts (fresh or resumed) would shift later draws.
                     generator=torch.Generator(),
-                    worker_init_fn=_ignore_stop_signals,
+                    worker_init_fn=functools.partial(_init_worker, self._worker_pids),
                 )
             )
         try:
@@ -703,10 +658,8 @@ class TrainLoader:
                 else:
                     rolls = unpack_rolls(item, shape)
                 if self.transpose:
-                    rng = _rng(
-                        self.seed, self.epoch, _TRANSPOSE_TAG, len(self._history), self.rank, self._done
-                    )
-                    transpose(rolls, self.pitched, transpose_shifts(rolls, self.pitched, self.transpose, rng))
+                    draws = rng(self.seed, self.epoch, TRANSPOSE_TAG, len(self._history), self.rank, self._done)
+                    transpose(rolls, self.pitched, transpose_shifts(rolls, self.pitched, self.transpose, draws))
                 self._count_batch()
                 yield torch.from_numpy(rolls)
         finally:

@@ -23,9 +23,9 @@ from tqdm import tqdm
 from b2b.atomic import write_text
 from b2b.errors import B2BError, DataError
 from b2b.metrics import (
+    DIVERSITY_N,
     RATE_METRICS,
     MetricsAccumulator,
-    distance_to_real,
     metric_gaps,
     metric_items,
     self_similarity,
@@ -64,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--samples", help="a folder written by `b2b sample`")
     source.add_argument("--real-only", action="store_true", help="only the statistics of the real corpus")
     parser.add_argument(
-        "--data", required=True, help="shards folder of the real corpus (manifest.json and tars)"
+        "--data",
+        help="shards folder of the real corpus (default with --checkpoint: the run's own data.shards)",
     )
     parser.add_argument(
         "--n", type=int, default=256, help="samples to generate with --checkpoint (default 256)"
@@ -80,6 +81,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--real-n", type=int, help="use at most this many real samples (default: the whole split)"
+    )
+    parser.add_argument(
+        "--train-n",
+        type=int,
+        help="compare with at most this many training samples for copies (default: the whole train split)",
     )
     parser.add_argument("--out", help="output folder (default: next to the samples, checkpoint or shards)")
     parser.add_argument(
@@ -103,11 +109,9 @@ def shards_spec(shards: str | Path) -> RollSpec:
 
 def pick_split(shards: str | Path, split: str) -> str:
     """``auto``: ``val`` when the shards have validation samples, else ``train``."""
-    from b2b.manifest import read_manifest
+    from b2b.manifest import read_manifest, reference_split
 
-    if split != "auto":
-        return split
-    return "val" if read_manifest(shards).get("n_val") else "train"
+    return reference_split(read_manifest(shards)) if split == "auto" else split
 
 
 def _batches(samples: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
@@ -122,14 +126,15 @@ def _batches(samples: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
 
 
 def corpus_statistics(
-    shards: str | Path, spec: RollSpec, split: str = "val", limit: int | None = None
-) -> tuple[dict, np.ndarray, np.ndarray]:
+    shards: str | Path, spec: RollSpec, split: str = "val", limit: int | None = None, kept: int = DIVERSITY_N
+) -> tuple[MetricsAccumulator, np.ndarray, np.ndarray]:
     """Metrics of a split of the real corpus, streamed in chunks (the corpus need not fit in memory).
 
     Returns
     -------
-    metrics : dict
-        :func:`b2b.metrics.music_metrics` of the samples read.
+    accumulator : MetricsAccumulator
+        Over the samples read; ``result()`` gives :func:`b2b.metrics.music_metrics`, ``kept`` a seeded
+        uniform subset of ``kept`` samples (diversity, precision and recall).
     mean_ssm, first_ssm : np.ndarray
         The mean per-beat self-similarity matrix over those samples, and the first sample's.
     """
@@ -137,7 +142,7 @@ def corpus_statistics(
 
     total = load_split(shards, split).n_samples
     total = total if limit is None else min(total, limit)
-    accumulator = MetricsAccumulator(spec)
+    accumulator = MetricsAccumulator(spec, diversity_n=kept)
     ssm_sum, first = None, None
     with tqdm(total=total, desc=f"real {split} samples", unit="sample") as progress:
         for batch in _batches(iter_samples(shards, split=split, limit=limit), CHUNK):
@@ -148,7 +153,7 @@ def corpus_statistics(
             progress.update(len(batch))
     if first is None:
         raise DataError(f"the {split} split of {shards} holds no samples")
-    return accumulator.result(), ssm_sum / accumulator.n_samples, first
+    return accumulator, ssm_sum / accumulator.n_samples, first
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -229,11 +234,11 @@ def save_ssm_plot(panels: dict[str, np.ndarray], spec: RollSpec, path: str | Pat
 # The command
 
 
-def _default_out(args: argparse.Namespace) -> Path:
+def _default_out(args: argparse.Namespace, data: str) -> Path:
     if args.samples:
         return Path(args.samples)
     if args.real_only:
-        return Path(args.data) / "real-stats"
+        return Path(data) / "real-stats"
     path = Path(args.checkpoint)
     if path.suffix == ".safetensors":
         return path.with_name(f"{path.stem}-eval")
@@ -265,35 +270,78 @@ def _generated(args: argparse.Namespace) -> tuple[np.ndarray, RollSpec, dict]:
     return rolls, spec, {**source, "weights": "raw" if args.no_ema else "EMA"}
 
 
+def _data_of(args: argparse.Namespace) -> str:
+    """``--data``, or the shards the checkpoint's run trained on."""
+    if args.data:
+        return args.data
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        from b2b.checkpoint import read_meta
+
+        shards = read_meta(args.checkpoint)["config"]["data"]["shards"]
+        if (Path(shards) / "manifest.json").is_file():
+            return shards
+        raise DataError(
+            f"the run of {args.checkpoint} trained on {shards!r}, which holds no shards here; pass --data SHARDS"
+        )
+    raise B2BError("b2b eval needs --data SHARDS (the real corpus to compare with)")
+
+
+def set_lines(result: dict, real_copies: dict | None) -> list[str]:
+    """The set measures as lines: diversity, precision/recall, copies (with the real baseline)."""
+    from b2b.diversity import NEAR_COPY
+
+    ratio = result["diversity_ratio"]
+    lines = [
+        f"diversity: {'-' if ratio is None else f'{ratio:.2f}'} of real (mean pairwise Jaccard distance "
+        f"{result['metrics']['diversity'] or 0:.3f} generated, {result['real_diversity'] or 0:.3f} real)",
+        f"precision {result['precision']:.2f}, recall {result['recall']:.2f} (k-NN in music-statistics space)",
+    ]
+    if result["copies"] is not None:
+        copies = result["copies"]
+        baseline = ""
+        if real_copies is not None:
+            baseline = f"; real held-out samples: {100 * real_copies['near']:.1f}%"
+        lines.append(
+            f"copies of training samples: {100 * copies['identical']:.1f}% identical, {100 * copies['near']:.1f}% "
+            f"within Jaccard distance {NEAR_COPY}{baseline}"
+        )
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
+    from b2b.diversity import copy_rates, nearest_distances
+    from b2b.reference import RealReference, summary_line, train_cells, voice_table
+
     if not (args.checkpoint or args.samples or args.real_only):
         raise B2BError("b2b eval needs one of --checkpoint PATH, --samples DIR or --real-only")
-    for name in ("n", "real_n"):
+    for name in ("n", "real_n", "train_n"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise B2BError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    real_spec = shards_spec(args.data)
-    split = pick_split(args.data, args.split)
-    out = Path(args.out) if args.out else _default_out(args)
+    data = _data_of(args)
+    real_spec = shards_spec(data)
+    split = pick_split(data, args.split)
+    out = Path(args.out) if args.out else _default_out(args, data)
 
-    generated = None
+    rolls = None
     if not args.real_only:
         rolls, spec, source = _generated(args)
         if spec != real_spec:
             raise DataError(
-                f"the generated samples have spec {spec.to_dict()} but the shards in {args.data} have "
+                f"the generated samples have spec {spec.to_dict()} but the shards in {data} have "
                 f"{real_spec.to_dict()}: compare with the corpus the model was trained on"
             )
-        generated = MetricsAccumulator(spec).update(rolls).result()
         gen_ssm = self_similarity(rolls, spec)
-    real, real_ssm, real_first = corpus_statistics(args.data, real_spec, split, args.real_n)
+    kept = len(rolls) if rolls is not None else DIVERSITY_N
+    accumulator, real_ssm, real_first = corpus_statistics(data, real_spec, split, args.real_n, kept)
+    real = accumulator.result()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         message = f"cannot create the output folder {str(out)!r} ({exc.strerror}); choose another with --out"
         raise B2BError(message) from None
-    report: dict = {"real": real, "real_source": {"shards": str(args.data), "split": split}}
+    report: dict = {"real": real, "real_source": {"shards": str(data), "split": split}}
 
-    if generated is None:
+    if rolls is None:
         reference = musegan_reference(real_spec)
         columns = {f"corpus ({split}, n={real['n_samples']})": real}
         if reference is not None:
@@ -302,15 +350,32 @@ def run(args: argparse.Namespace) -> int:
         header = ["metric", "track", *columns]
         rows = table_rows(columns)
         panels = {"real: mean": real_ssm, "real: first sample": real_first}
-        summary = f"real corpus statistics of {args.data} ({split} split, {real['n_samples']} samples)"
+        summary = [f"real corpus statistics of {data} ({split} split, {real['n_samples']} samples)"]
     else:
-        distance = distance_to_real(generated, real)
-        gaps = metric_gaps(generated, real)
+        train = train_cells(data, args.train_n)
+        comparison = RealReference.from_accumulator(accumulator, train, report["real_source"])
+        result = comparison.compare(rolls)
+        result["real_diversity"] = real.get("diversity")
+        real_copies = None
+        if split != "train":  # how close held-out real samples come to the training set: the baseline
+            real_copies = copy_rates(nearest_distances(comparison.samples, train))
+        gaps = metric_gaps(result["metrics"], real)
         report.update(
-            {"generated": generated, "generated_source": source, "distance_to_real": distance, "gaps": gaps}
+            {
+                "generated": result["metrics"],
+                "generated_source": source,
+                "distance_to_real": result["distance_to_real"],
+                "diversity_ratio": result["diversity_ratio"],
+                "precision": result["precision"],
+                "recall": result["recall"],
+                "copies": result["copies"],
+                "real_copies": real_copies,
+                "voices": result["voices"],
+                "gaps": gaps,
+            }
         )
         columns = {
-            f"generated (n={generated['n_samples']})": generated,
+            f"generated (n={len(rolls)})": result["metrics"],
             f"real (n={real['n_samples']})": real,
         }
         header = ["metric", "track", *columns, "gap"]
@@ -321,14 +386,19 @@ def run(args: argparse.Namespace) -> int:
             "real: mean": real_ssm,
             "real: first sample": real_first,
         }
-        summary = (
-            f"distance to real: {distance:.4f} (mean gap over {len(gaps)} metrics; 0 = identical statistics)"
-        )
+        summary = [
+            f"distance to real: {result['distance_to_real']:.4f} (0 = identical statistics and diversity; "
+            f"mean gap over {len(gaps)} metrics, times how close the diversity is to real)",
+            *set_lines(result, real_copies),
+            voice_table(result),
+            summary_line(result),
+        ]
 
     write_text(out / "metrics.json", json.dumps(report, indent=2))
-    write_text(out / "metrics.md", f"{render_table(header, rows, markdown=True)}\n{summary}\n")
+    text = "\n".join(summary)
+    write_text(out / "metrics.md", f"{render_table(header, rows, markdown=True)}\n```\n{text}\n```\n")
     save_ssm_plot(panels, real_spec, out / "ssm.png")
     print(render_table(header, rows, markdown=False))
-    print(summary)
+    print(text)
     print(f"wrote {out / 'metrics.json'}, {out / 'metrics.md'} and {out / 'ssm.png'}")
     return 0

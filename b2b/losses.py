@@ -8,6 +8,9 @@ is computed in float32 even when the rest of the step runs under bf16/fp16 autoc
 Distributed use: the penalty takes gradients with respect to the *input* only
 (``torch.autograd.grad(..., x̂, create_graph=True)``), and the caller runs one ordinary backward of
 ``CriticLoss.total``, so DDP reduces the parameter gradients exactly once.
+
+Each loss reports its own statistics (``d_loss``, ``wasserstein``, ``penalty``, ``grad_norm_x``,
+``g_loss``) to the active :class:`b2b.stats.Collector`, which averages them over a step and all ranks.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ import torch
 from torch import nn
 
 from b2b.models import autocast_disabled
+from b2b.stats import report
 
 
 @dataclass
 class CriticLoss:
-    """One critic step's loss and what to log about it.
+    """One critic update's loss and its estimates (detached).
 
     Attributes
     ----------
@@ -30,20 +34,13 @@ class CriticLoss:
         The differentiable loss to back-propagate.
     wasserstein : Tensor
         Estimate of the Wasserstein distance, ``E[D(real)] - E[D(fake)]`` (detached).
-    penalty : Tensor
-        ``E[(‖∇D(x̂)‖ - 1)²]`` before the factor λ·k (detached; 0 on steps without the penalty).
-    grad_norm : Tensor
-        Mean of ``‖∇D(x̂)‖`` over the batch (detached; NaN on steps without the penalty: not measured).
-    d_real, d_fake : Tensor
-        Mean critic scores (detached).
+    penalty : Tensor or None
+        ``E[(‖∇D(x̂)‖ - 1)²]`` before the factor λ·k (detached); None on updates without the penalty.
     """
 
     total: torch.Tensor
     wasserstein: torch.Tensor
-    penalty: torch.Tensor
-    grad_norm: torch.Tensor
-    d_real: torch.Tensor
-    d_fake: torch.Tensor
+    penalty: torch.Tensor | None
 
 
 def _as_float(x: torch.Tensor) -> torch.Tensor:
@@ -132,21 +129,17 @@ def critic_loss(
     d_real = critic(_as_float(real)).float().mean()
     d_fake = critic(fake.detach()).float().mean()
     total = d_fake - d_real
+    wasserstein = (d_real - d_fake).detach()
+    penalty = None
     if gp_weight > 0 and gp_lambda > 0:
         penalty, grad_norm = gradient_penalty(critic, real, fake, eps=eps, loss_scale=loss_scale)
         total = total + (gp_lambda * gp_weight) * penalty
         penalty = penalty.detach()
-    else:
-        penalty = torch.zeros((), device=total.device)
-        grad_norm = torch.full((), float("nan"), device=total.device)
-    return CriticLoss(
-        total=total,
-        wasserstein=(d_real - d_fake).detach(),
-        penalty=penalty,
-        grad_norm=grad_norm,
-        d_real=d_real.detach(),
-        d_fake=d_fake.detach(),
-    )
+        report("penalty", penalty)
+        report("grad_norm_x", grad_norm)
+    report("d_loss", total)
+    report("wasserstein", wasserstein)
+    return CriticLoss(total=total, wasserstein=wasserstein, penalty=penalty)
 
 
 def generator_loss(critic: nn.Module, fake: torch.Tensor) -> torch.Tensor:
@@ -160,4 +153,6 @@ def generator_loss(critic: nn.Module, fake: torch.Tensor) -> torch.Tensor:
     fake : Tensor
         Generated samples, attached to the generator's graph.
     """
-    return -critic(fake).float().mean()
+    loss = -critic(fake).float().mean()
+    report("g_loss", loss)
+    return loss

@@ -12,16 +12,55 @@ from pathlib import Path
 
 from b2b.errors import DataError
 
+MANIFEST = "manifest.json"
+BUILD_HINT = (
+    "build them with `b2b shards build --source midi --input MIDI_FOLDER --output {shards}` (your MIDI "
+    "files), `--source lpd --input lpd_17/lpd_17_cleansed` (the Lakh Pianoroll Dataset, "
+    "https://salu133445.github.io/lakh-pianoroll-dataset/), or `--source demo` (Bach chorales)"
+)
+
 
 def read_manifest(shards: str | Path) -> dict:
     """Read ``<shards>/manifest.json`` or raise a DataError that says how to build it."""
-    path = Path(shards) / "manifest.json"
+    path = Path(shards) / MANIFEST
     if not path.is_file():
-        raise DataError(
-            f"no shards at {str(shards)!r}: {path} does not exist. Build them with "
-            f"`b2b shards build --source demo --output {shards}` (or --source lpd/midi --input DIR)"
-        )
+        hint = BUILD_HINT.format(shards=shards)
+        raise DataError(f"no shards at {str(shards)!r}: {path} does not exist; {hint}")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path} is not valid JSON ({exc}); rebuild the shards") from None
+    if not isinstance(manifest, dict) or "shards" not in manifest or "shape" not in manifest:
+        raise DataError(f"{path} is not a b2b shards manifest (no 'shards' or 'shape'); rebuild the shards")
+    return manifest
+
+
+def manifest_shape(manifest: dict, shards: str | Path) -> list[int]:
+    """The manifest's sample shape ``[tracks, time, pitch]``, checked."""
+    shape = manifest.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(s, int) and s > 0 for s in shape)):
+        raise DataError(
+            f"{Path(shards) / MANIFEST}: 'shape' must be [tracks, time, pitch] of positive integers, got "
+            f"{shape!r}; rebuild the shards"
+        )
+    return list(shape)
+
+
+def shard_path(shards: str | Path, name: object) -> Path:
+    """The file of a shard the manifest names, which must lie inside the shards folder (no ``..``, no
+    absolute path, no link out)."""
+    root = Path(shards).resolve()
+    if not isinstance(name, str) or not name or Path(name).is_absolute():
+        raise DataError(f"{Path(shards) / MANIFEST} names a shard {name!r} that is not a file name in {shards}")
+    path = (root / name).resolve()
+    if root not in path.parents:
+        raise DataError(
+            f"{Path(shards) / MANIFEST} names a shard {name!r} outside the shards folder {shards}; "
+            "a manifest may only name files inside its own folder: rebuild the shards"
+        )
+    return path
+
+
+def reference_split(manifest: dict) -> str:
+    """The split real data is measured on: ``val`` when the shards have one, else ``train``."""
+    return "val" if manifest.get("n_val") else "train"

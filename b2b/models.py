@@ -19,6 +19,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -266,6 +267,9 @@ class Generator(nn.Module):
         deterministic (``probs >= threshold``) or stochastic (Bernoulli) straight-through estimator.
     threshold : float
         Probability at which ``binary_det`` makes a note.
+    pitch_bias : bool
+        Add a learned bias per track and pitch to the output logits: the convolutions are the same at
+        every pitch, so without it they must learn each voice's range from scratch.
     """
 
     def __init__(
@@ -275,6 +279,7 @@ class Generator(nn.Module):
         width: int,
         output: str = "sigmoid",
         threshold: float = 0.5,
+        pitch_bias: bool = False,
     ):
         super().__init__()
         if output not in OUTPUTS:
@@ -298,6 +303,7 @@ class Generator(nn.Module):
             if i == 2:  # after layer 4 (layers 2, 3, 4 are i = 0, 1, 2)
                 layers.append(SelfAttention(c_out))
         self.net = nn.Sequential(*layers)
+        self.pitch_bias = nn.Parameter(torch.zeros(plan.tracks, 1, plan.shape[2])) if pitch_bias else None
 
     @staticmethod
     def _block(c_in: int, c_out: int, kernel, stride, padding: int) -> nn.Sequential:
@@ -308,9 +314,15 @@ class Generator(nn.Module):
             nn.PReLU(c_out),
         )
 
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        """Pre-sigmoid outputs ``(N, tracks, time, pitch)`` for latents ``(N, latent_dim)``."""
+        hidden = self.net[:-1](z.view(z.shape[0], self.latent_dim, 1, 1))
+        out = self.net[-1][0](hidden)
+        return out if self.pitch_bias is None else out + self.pitch_bias
+
     def probabilities(self, z: torch.Tensor) -> torch.Tensor:
         """Note probabilities ``(N, tracks, time, pitch)`` in (0, 1) for latents ``(N, latent_dim)``."""
-        return self.net(z.view(z.shape[0], self.latent_dim, 1, 1))
+        return self.net[-1][1](self.logits(z))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """What the critic sees: probabilities (``sigmoid``) or straight-through binary notes."""
@@ -320,35 +332,61 @@ class Generator(nn.Module):
         return straight_through(probs, self.output, self.threshold)
 
     @torch.no_grad()
-    def init_output_bias(self, density: Sequence[float], n_latents: int = 256, floor: float = 1e-4) -> None:
-        """Start each track with its share of on-cells in the data.
+    def init_output_bias(self, density: np.ndarray, n_latents: int = 256, floor: float = 1e-4) -> None:
+        """Start each track (or each track's pitch, with a pitch bias) at its share of on-cells in the data.
+
+        ``density`` is ``(tracks, pitch)``: the share of steps each pitch of each track is on. Without a
+        pitch bias the per-track mean sets the last convolution's bias; with one, the pitch bias is set.
 
         ``sigmoid`` and ``binary_stoch``: bias = logit(density), so the mean probability is about the
         density. ``binary_det``: the bias is calibrated so that the share of cells whose probability reaches
-        ``threshold`` equals the density, on ``n_latents`` fixed latents (a track starts at probability
-        0.5 everywhere otherwise: half its cells on, or with logit(density) none); a track silent in the data
-        starts with every cell's logit at least 4 below the threshold. Densities are clipped to ``[floor,
-        1 - floor]``, so with logit(density) a silent track starts (and, its sigmoid saturated, stays)
-        silent too. The generator's state is otherwise unchanged (BatchNorm statistics included).
+        ``threshold`` equals the density, on ``n_latents`` fixed latents (a cell starts at probability 0.5
+        otherwise: half the cells on, or with logit(density) none). Where the data has no note at all, every
+        logit starts 4 below the threshold. Densities are clipped to ``[floor, 1 - floor]``. The
+        generator's state is otherwise unchanged (BatchNorm statistics included).
         """
+        density = torch.as_tensor(np.asarray(density), dtype=torch.float64)
+        tracks, pitches = self.shape[0], self.shape[2]
+        if density.shape != (tracks, pitches):
+            raise ValueError(f"density has shape {tuple(density.shape)}, the generator's output {(tracks, pitches)}")
         conv = self.net[-1][0]
-        silent = torch.as_tensor(density, dtype=torch.float64) <= 0
-        density = torch.as_tensor(density, dtype=torch.float64).clamp(floor, 1 - floor)
-        if density.shape != conv.bias.shape:
-            raise ValueError(f"density has {density.numel()} tracks, the generator {conv.bias.numel()}")
+        if self.pitch_bias is None:
+            density = density.mean(dim=1, keepdim=True)  # (tracks, 1): the convolution's bias
+        silent = density <= 0
+        clipped = density.clamp(floor, 1 - floor)
         if self.output != "binary_det":
-            conv.bias.copy_(torch.logit(density).to(conv.bias.dtype))
-            return
-        probe = copy.deepcopy(self).train()  # batch statistics, as in training; self's buffers stay
-        probe.net[-1][0].bias.zero_()
-        z = torch.randn(n_latents, self.latent_dim, generator=torch.Generator().manual_seed(0))
-        logits = probe.net[-1][0](probe.net[:-1](z.view(n_latents, self.latent_dim, 1, 1)))
-        per_track = logits.transpose(0, 1).reshape(len(density), -1).double()
-        cut = torch.stack([torch.quantile(row, 1 - d) for row, d in zip(per_track, density, strict=True)])
-        # A track silent in the data starts a margin below its highest logit: no cell on.
-        cut = torch.where(silent, per_track.amax(dim=1) + 4.0, cut)
-        target = math.log(self.threshold / (1 - self.threshold)) if 0 < self.threshold < 1 else 0.0
-        conv.bias.copy_((target - cut).to(conv.bias.dtype))
+            bias = torch.logit(clipped)
+        else:
+            probe = copy.deepcopy(self).train()  # batch statistics, as in training; self's buffers stay
+            probe.net[-1][0].bias.zero_()
+            if probe.pitch_bias is not None:
+                probe.pitch_bias.zero_()
+            z = torch.randn(n_latents, self.latent_dim, generator=torch.Generator().manual_seed(0))
+            logits = probe.logits(z).double().transpose(0, 1)  # (tracks, n, time, pitch)
+            if self.pitch_bias is None:
+                rows = logits.reshape(tracks, 1, -1)
+            else:
+                rows = logits.permute(0, 3, 1, 2).reshape(tracks, pitches, -1)
+            ordered = rows.sort(dim=2).values
+            k = ((1 - clipped) * (ordered.shape[2] - 1)).round().long().clamp(0, ordered.shape[2] - 1)
+            cut = ordered.gather(2, k[..., None])[..., 0]
+            cut = torch.where(silent, ordered[..., -1] + 4.0, cut)  # no note where the data has none
+            target = math.log(self.threshold / (1 - self.threshold)) if 0 < self.threshold < 1 else 0.0
+            bias = target - cut
+        if self.pitch_bias is None:
+            conv.bias.copy_(bias[:, 0].to(conv.bias.dtype))
+        else:
+            conv.bias.zero_()
+            self.pitch_bias.copy_(bias[:, None, :].to(self.pitch_bias.dtype))
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, beta: float) -> None:
+    """Move the EMA generator's weights toward ``model``'s: ``ema = beta * ema + (1 - beta) * model``."""
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.lerp_(p, 1.0 - beta)
+    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
+        e.copy_(b)
 
 
 @torch.no_grad()
@@ -501,7 +539,9 @@ def build_models(cfg, shape: Sequence[int]) -> tuple[Generator, Critic]:
     """
     m = cfg.model
     check_shape(shape)
-    generator = Generator(shape, m.latent_dim, m.g_width, output=m.output, threshold=cfg.train.threshold)
+    generator = Generator(
+        shape, m.latent_dim, m.g_width, output=m.output, threshold=cfg.train.threshold, pitch_bias=m.pitch_bias
+    )
     critic = Critic(
         shape,
         m.d_width,

@@ -83,13 +83,14 @@ class RealReference:
             Size of the seeded uniform subset used for diversity and precision/recall; match it to the
             generated set's size (the k-NN radii depend on the set size).
         train_n : int or None
-            Training samples (the first, in shard order) held for the copy check; 0 or None: no check.
+            Training samples (the first, in shard order) held for the copy check; None: all of them;
+            0: no check.
         """
         from b2b.data import iter_samples
-        from b2b.manifest import read_manifest
+        from b2b.manifest import read_manifest, reference_split
 
         if split == "auto":
-            split = "val" if read_manifest(shards).get("n_val") else "train"
+            split = reference_split(read_manifest(shards))
         accumulator = MetricsAccumulator(spec, diversity_n=kept)
         batch: list[np.ndarray] = []
         for roll in iter_samples(shards, split=split, limit=limit):
@@ -99,21 +100,25 @@ class RealReference:
                 batch = []
         if batch:
             accumulator.update(np.stack(batch))
+        train = train_cells(shards, train_n) if train_n != 0 else None
+        return cls.from_accumulator(accumulator, train, {"shards": str(shards), "split": split})
+
+    @classmethod
+    def from_accumulator(
+        cls, accumulator: MetricsAccumulator, train: CellSets | None, source: dict
+    ) -> RealReference:
+        """From the real samples' :class:`~b2b.metrics.MetricsAccumulator` (its kept subset) and the
+        training samples for the copy check."""
         samples = np.stack(accumulator.kept)
-        features = sample_features(samples, spec)
-        train = None
-        if train_n:
-            rolls = list(islice(iter_samples(shards, split="train"), train_n))
-            train = CellSets.concat(
-                [CellSets.of(np.stack(rolls[i : i + 1024])) for i in range(0, len(rolls), 1024)]
-            )
-        source = {
-            "shards": str(shards),
-            "split": split,
-            "n": accumulator.n_samples,
-            "train_n": len(train or []),
-        }
-        return cls(spec, accumulator.result(), samples, features, train, source)
+        source = {**source, "n": accumulator.n_samples, "train_n": 0 if train is None else len(train)}
+        return cls(
+            accumulator.spec,
+            accumulator.result(),
+            samples,
+            sample_features(samples, accumulator.spec),
+            train,
+            source,
+        )
 
     def compare(self, rolls: np.ndarray) -> dict:
         """Measure a generated set of bool rolls against the real one.
@@ -143,6 +148,21 @@ class RealReference:
             "copies": copies,
             "voices": voice_rows(generated, self.metrics),
         }
+
+
+def train_cells(shards: str | Path, limit: int | None = None, chunk: int = 1024) -> CellSets:
+    """The first ``limit`` training samples (None: all) as sparse cell sets, read chunk by chunk."""
+    from b2b.data import iter_samples
+
+    parts, batch = [], []
+    for roll in islice(iter_samples(shards, split="train"), limit):
+        batch.append(roll)
+        if len(batch) == chunk:
+            parts.append(CellSets.of(np.stack(batch)))
+            batch = []
+    if batch:
+        parts.append(CellSets.of(np.stack(batch)))
+    return CellSets.concat(parts)
 
 
 def voice_rows(generated: dict, real: dict) -> list[dict]:

@@ -25,6 +25,7 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from b2b.atomic import temporary_path
 from b2b.errors import B2BError, ShapeError
 from b2b.spec import RollSpec
 
@@ -37,10 +38,6 @@ VELOCITY = 100
 def note_name(pitch: int) -> str:
     """MIDI pitch number to scientific pitch name (60 -> ``C4``)."""
     return f"{NOTE_NAMES[pitch % 12]}{pitch // 12 - 1}"
-
-
-def _temporary(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 def _check_rolls(rolls: np.ndarray, spec: RollSpec, ndim: int, what: str) -> np.ndarray:
@@ -155,12 +152,8 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write a matplotlib figure atomically (format from the suffix, PNG without one); return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(path)
-    try:
+    with temporary_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -239,12 +232,8 @@ def write_midi(midi: pretty_midi.PrettyMIDI, path: str | Path) -> Path:
     """Write ``midi`` to ``path`` (atomically); return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(path)
-    try:
+    with temporary_path(path) as tmp:
         midi.write(str(tmp))
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -337,19 +326,28 @@ def synthesize(
     return audio.astype(np.float32), synth
 
 
+def phrase_audio(
+    midi: pretty_midi.PrettyMIDI,
+    spec: RollSpec,
+    tempo: float = 100.0,
+    sample_rate: int = 22050,
+    synth: str = "auto",
+) -> tuple[np.ndarray, str]:
+    """:func:`synthesize` ``midi``, padded with silence to the whole phrase (a silent roll gives a silent
+    clip of the phrase's length, never an empty one). Returns the audio and the synth used."""
+    audio, used = synthesize(midi, sample_rate, synth)
+    frames = int(np.ceil(spec.shape[1] * 60.0 / tempo / spec.steps_per_beat * sample_rate))
+    return np.pad(audio, (0, max(0, frames - len(audio)))), used
+
+
 def save_wav(audio: np.ndarray, sample_rate: int, path: str | Path) -> Path:
     """Write mono float audio in [-1, 1] as a 16-bit PCM WAV file (atomically); return the path."""
     path = Path(path)
     pcm = (np.clip(np.asarray(audio, dtype=np.float64), -1.0, 1.0) * 32767).round().astype("<i2")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(path)
-    try:
-        with wave.open(str(tmp), "wb") as out:
-            out.setnchannels(1)
-            out.setsampwidth(2)
-            out.setframerate(int(sample_rate))
-            out.writeframes(pcm.tobytes())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with temporary_path(path) as tmp, wave.open(str(tmp), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(int(sample_rate))
+        out.writeframes(pcm.tobytes())
     return path

@@ -13,16 +13,15 @@ from __future__ import annotations
 import argparse
 import html
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from b2b.atomic import write_text
+from b2b.atomic import temporary_path, write_text
 from b2b.errors import B2BError
-from b2b.render import roll_to_midi, save_roll_grid, save_wav, synthesize, write_midi
+from b2b.render import phrase_audio, roll_to_midi, save_roll_grid, save_wav, write_midi
 from b2b.spec import RollSpec
 
 INFO_FILE = "samples.json"
@@ -134,12 +133,8 @@ def to_notes(
 
 
 def write_npz(path: Path, **arrays: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
-    try:
+    with temporary_path(path) as tmp:
         np.savez_compressed(tmp, **arrays)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def render_samples(
@@ -163,8 +158,6 @@ def render_samples(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    step_seconds = 60.0 / tempo / spec.steps_per_beat
-    min_frames = int(np.ceil(spec.shape[1] * step_seconds * sample_rate))
     entries = []
     for i in tqdm(range(len(rolls)), desc=f"rendering {prefix}s", unit=prefix, disable=not progress):
         name = f"{prefix}-{i:03d}"
@@ -175,9 +168,7 @@ def render_samples(
         if probs is not None:
             extra = {"probs": probs[i].astype(np.float32), "threshold": np.float32(threshold)}
         write_npz(out / f"{name}.npz", roll=rolls[i], spec=np.array(json.dumps(spec.to_dict())), **extra)
-        audio, used = synthesize(midi, sample_rate, synth)
-        # Silence and short endings are padded so every file lasts the whole phrase.
-        audio = np.pad(audio, (0, max(0, min_frames - len(audio))))
+        audio, used = phrase_audio(midi, spec, tempo, sample_rate, synth)
         save_wav(audio, sample_rate, out / f"{name}.wav")
         entries.append(
             {
@@ -292,21 +283,30 @@ td, th {{ border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: right; }}
 """
 
 
-def _real_data(arg: str | None, cfg) -> Path | None:
-    """``--data``, else the run's own shards when they are still there (None: no real data)."""
+def _real_data(arg: str | None, cfg, spec: RollSpec) -> Path | None:
+    """``--data``, else the run's own shards when they are still there and hold the generator's kind of
+    sample (None: no real data to compare with)."""
     from b2b.errors import DataError
+    from b2b.evaluate import shards_spec
 
     if arg is not None:
-        if not (Path(arg) / "manifest.json").is_file():
-            raise DataError(f"--data {arg!r}: no manifest.json there; pass a shards folder")
+        if shards_spec(arg) != spec:
+            raise DataError(
+                f"--data {arg!r} holds samples of another roll spec than the generator's "
+                f"({spec.shape}): compare with the corpus the model was trained on"
+            )
         return Path(arg)
     path = Path(cfg.data.shards)
-    return path if (path / "manifest.json").is_file() else None
+    if not (path / "manifest.json").is_file():
+        return None
+    try:
+        return path if shards_spec(path) == spec else None
+    except B2BError:
+        return None
 
 
 def run(args: argparse.Namespace) -> int:
     from b2b.checkpoint import load_generator
-    from b2b.errors import DataError
 
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise B2BError(f"--threshold must be within [0, 1], got {args.threshold}")
@@ -316,7 +316,7 @@ def run(args: argparse.Namespace) -> int:
         raise B2BError(f"--measure must be 0 (off) or a number of samples, got {args.measure}")
     generator, spec, cfg = load_generator(args.checkpoint, use_ema=not args.no_ema)
     threshold = cfg.train.threshold if args.threshold is None else args.threshold
-    data = _real_data(args.data, cfg)
+    data = _real_data(args.data, cfg, spec)
     measure = args.measure if data is not None else 0
     device = resolve_device(args.device)
     probs = generate(generator, max(args.n, measure), args.seed, device)
@@ -344,8 +344,6 @@ def run(args: argparse.Namespace) -> int:
         from b2b.reference import RealReference
 
         reference = RealReference.from_shards(data, spec, kept=max(measure, args.n))
-        if reference.spec != spec:
-            raise DataError(f"the shards in {data} hold another roll spec than the generator's")
         real = reference.samples[: args.n]
         real_entries = render_samples(real, spec, out, prefix="real", **settings)
         save_comparison(real, rolls, spec, out / "compare.png")

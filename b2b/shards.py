@@ -7,7 +7,8 @@ in that fixed order and appends each song's windows to its split's current shard
 not depend on the number of workers or on which finishes first.
 
 Why a rerun is byte-identical and resumable: tars are written with fixed headers (mtime 0, uid/gid 0,
-no user names) as ``name.tmp`` then renamed, so no partial tar ever has a final name; a shard whose file
+no user names) under a temporary name then renamed, so no partial tar ever has a final name; a shard
+whose file
 already holds exactly the expected bytes is left untouched; each song's windows are cached under
 ``OUTPUT/.cache/`` (keyed by the file's content hash and the window parameters) so a rerun after a kill
 skips the songs already done; ``manifest.json`` is written last, atomically, and marks a finished build.
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from b2b.atomic import write_bytes, write_text
+from b2b.atomic import temporary_path, write_bytes, write_text
 from b2b.codec import ENCODING, SUFFIX, decode_roll, encode_roll
 from b2b.errors import B2BError, ConfigError, DataError
 from b2b.sources import (
@@ -176,15 +177,13 @@ _META = ("n_steps", "source_bytes", "dropped_min_notes", "dropped_irregular", "e
 def _save_cached(path: Path, result: SongResult) -> None:
     lengths = np.array([len(s) for s in result.samples], dtype=np.int64)
     meta = json.dumps({k: getattr(result, k) for k in _META}).encode()
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with temporary_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(
             f,
             blob=np.frombuffer(b"".join(result.samples), np.uint8),
             lengths=lengths,
             meta=np.frombuffer(meta, np.uint8),
         )
-    os.replace(tmp, path)
 
 
 def _load_cached(path: Path, rel: str) -> SongResult | None:
@@ -439,7 +438,7 @@ class _OutputFolder:
                 and path.name.split("-")[0] in ("train", "val")
                 and path.name not in listed
             )
-            if stale_tar or path.name.endswith(".tar.tmp"):
+            if stale_tar or (path.name.startswith(".") and ".tmp-" in path.name):
                 path.unlink()
         shutil.rmtree(self.out / ".cache", ignore_errors=True)
 

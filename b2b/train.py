@@ -1,25 +1,28 @@
 """Train the b2b WGAN-GP on one process, one node or many.
 
+    b2b train --config configs/demo.yaml                         # one process
     accelerate launch --multi_gpu --num_processes 8 b2b/train.py --config configs/8gpu.yaml
     torchrun --nproc-per-node 8 -m b2b.train --config configs/8gpu.yaml key=value ...
-    python -m b2b.train --config configs/demo.yaml              # a single process
 
-One step is ``loss.n_critic`` critic updates followed by one generator update; each update takes
-``train.grad_accum`` micro-batches of ``data.batch_size`` samples per rank. The file reads top to bottom
-as the story of a run: setup, resume, then for each step the critic phase, the generator phase and the
-bookkeeping (schedulers, EMA, stop checks, logging, snapshots, metrics, checkpoints).
+A step is a list of phases run in order (StyleGAN2-ADA's phases as data): the critic phase,
+``loss.n_critic`` updates with the gradient penalty on every ``loss.gp_every``-th (lazy
+regularisation), then the generator phase, one update. Each update takes ``train.grad_accum``
+micro-batches of ``data.batch_size`` samples per rank. After the phases: the learning rates, the EMA, one
+all-reduce of the statistics the losses reported, and the periodic work (log, snapshot, metrics,
+checkpoint), which the :class:`~b2b.monitor.Monitor` and the :class:`~b2b.checkpoint.Checkpointer` own.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import signal
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,25 +31,34 @@ if __name__ == "__main__":  # run as a file (accelerate launch b2b/train.py): im
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
-from b2b import checkpoint as ckpt
-from b2b.atomic import write_text
-from b2b.config import Config, load_config, validate_for_training
-from b2b.data import TrainLoader, track_density
-from b2b.engine import Net, Precision
+from b2b import ranks, stats
+from b2b.checkpoint import (
+    Checkpointer,
+    ModuleState,
+    PerRank,
+    RNGState,
+    WeightsDigest,
+    check_compatible,
+    choose_resume,
+    latest_checkpoint,
+    read_meta,
+    resolve_checkpoint,
+)
+from b2b.config import Config, load_config
+from b2b.data import TrainLoader, cell_density
 from b2b.errors import B2BError, DataError
 from b2b.losses import critic_loss, generator_loss
-from b2b.models import binarize, build_models, recalibrate_batchnorm
+from b2b.models import Generator, binarize, build_models, recalibrate_batchnorm, update_ema
+from b2b.monitor import Monitor, is_better
+from b2b.network import Network, Precision, build_optimizer, step_decay
+from b2b.preflight import take_accelerate_deepspeed_settings, validate_for_training
+from b2b.reference import RealReference
+from b2b.runlock import RunLock
 from b2b.spec import RollSpec
-from b2b.tracking import RunLog, flat_config, tracker_settings
-from b2b.zero import take_accelerate_deepspeed_settings
+from b2b.stopping import StopFlag
+from b2b.trackers import flat_config, tracker_settings
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
-
-# Under fp16 the loss scaler skips the first optimizer steps (scale too high) by design; torch then warns
-# that the scheduler stepped before the optimizer. Skipped steps are counted and logged instead.
-warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
 # accelerate passes DDP `broadcast_buffers`, which torch 2.13 renamed; the behaviour asked for is unchanged.
 warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
 
@@ -55,11 +67,32 @@ class NonFiniteLoss(B2BError):
     """A loss became NaN or inf: the run stops, keeping its last good checkpoint."""
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="b2b/train.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML config (see configs/); defaults when omitted")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.precision=fp16")
-    return parser.parse_args(argv)
+@dataclass
+class Phase:
+    """One kind of update in a step: the network it trains, how many updates, the lazy penalty's interval
+    (the penalty on every ``penalty_every``-th update, weighted by that interval; 0: never)."""
+
+    name: str
+    network: Network
+    repeats: int
+    loss: Callable[[float], torch.Tensor]
+    penalty_every: int = 0
+
+
+@dataclass
+class Progress:
+    """The run's counters, saved in every checkpoint."""
+
+    step: int = 0
+    critic_updates: int = 0
+    best_distance: float = math.inf
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "critic_updates": self.critic_updates, "best_distance": self.best_distance}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.critic_updates = int(state["step"]), int(state["critic_updates"])
+        self.best_distance = float(state["best_distance"])
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -67,69 +100,71 @@ def rank_seed(seed: int, rank: int) -> int:
     return seed * 1_000_003 + rank
 
 
-@torch.no_grad()
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, beta: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-        e.lerp_(p, 1.0 - beta)
-    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
-        e.copy_(b)
-
-
-class StopFlag:
-    """Set by SIGTERM / SIGINT / SIGUSR2; acted on at the next step boundary by every rank together."""
-
-    def __init__(self) -> None:
-        self.signal: int = 0
-
-    def install(self) -> None:
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.signal = signum
-
-
 class Trainer:
     """One rank's part of a training run."""
+
+    cfg: Config
+    spec: RollSpec
+    run_path: Path
+    accelerator: object
+    device: torch.device
+    precision: Precision
+    stop: StopFlag
+    lock: RunLock | None
+    loader: TrainLoader
+    steps_per_epoch: int
+    total_steps: int
+    ema: Generator
+    g: Network
+    d: Network
+    phases: list[Phase]
+    progress: Progress
+    checkpointer: Checkpointer
+    monitor: Monitor
+    reference: RealReference | None = None
+    fixed_latents: torch.Tensor
+    ema_calibrated_at: int = -1
+    batches: Iterator[torch.Tensor] | None = None
+    window: tuple[float, int]
+    last_measured: tuple[int, dict | None] = (-1, None)
+    saved_at: int = -1
 
     def __init__(self, cfg: Config, manifest: dict):
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
-        self.cfg = cfg
-        self.manifest = manifest
-        self.spec = RollSpec.from_dict(manifest["spec"])
-        self.run_path = cfg.run_path
-        self.run_path.mkdir(parents=True, exist_ok=True)
-        log_with, self.tracker_init = tracker_settings(cfg, self.run_path)
-        # broadcast_buffers=False: the critic is called on real, fake and interpolated batches before one
-        # backward; DDP's in-place buffer broadcast at each forward would break that backward
-        # (PITFALLS.md). Buffers are synced explicitly after each step instead (Net.sync_buffers).
+        self.cfg, self.spec, self.run_path = cfg, RollSpec.from_dict(manifest["spec"]), cfg.run_path
+        log_with, tracker_init = tracker_settings(cfg, self.run_path)
         self.accelerator = Accelerator(
             # Without cpu=True accelerate gives every rank of a launch on a machine with no accelerator
             # its own world of one (DistributedType.NO) instead of gloo; this is device selection only.
             cpu=not torch.accelerator.is_available(),
-            mixed_precision="no",  # b2b owns autocast and loss scaling: see b2b/engine.py
+            mixed_precision="no",  # b2b owns autocast and loss scaling: see b2b/network.py
             log_with=log_with,
             project_dir=str(self.run_path),
             kwargs_handlers=[
+                # The critic runs on real, fake and interpolated batches before one backward; DDP's
+                # in-place buffer broadcast at each forward would break that backward. Buffers are synced
+                # after each step instead (Network.sync_buffers).
                 DistributedDataParallelKwargs(broadcast_buffers=False),
                 InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.dist_timeout_s)),
             ],
         )
-        self.rank = self.accelerator.process_index
-        self.world_size = self.accelerator.num_processes
-        self.is_main = self.accelerator.is_main_process
         self.device = self.accelerator.device
         self.precision = Precision(cfg.train.precision, self.device.type)
         self.stop = StopFlag()
         self.stop.install()
+        self.lock = RunLock(self.run_path) if ranks.rank() == 0 else None
+        resume_from = self._choose_resume()
+        meta = read_meta(resume_from) if resume_from is not None else None
+        if meta is not None:
+            check_compatible(meta, cfg, resume_from)
 
         self.loader = TrainLoader(
             cfg.data.shards,
             batch_size=cfg.data.batch_size,
-            rank=self.rank,
-            world_size=self.world_size,
+            rank=ranks.rank(),
+            world_size=ranks.world_size(),
             seed=cfg.train.seed,
             num_workers=cfg.data.num_workers,
             shuffle_buffer=cfg.data.shuffle_buffer,
@@ -139,108 +174,138 @@ class Trainer:
         self.steps_per_epoch = self.loader.batches_per_epoch // batches_per_step
         if self.steps_per_epoch < 1:
             raise DataError(
-                f"{cfg.data.shards} gives each of {self.world_size} ranks {self.loader.batches_per_epoch} "
-                f"batches of {cfg.data.batch_size} per epoch, fewer than one step needs "
-                f"({batches_per_step} = loss.n_critic × train.grad_accum): lower data.batch_size or add data"
+                f"{cfg.data.shards} gives each of {ranks.world_size()} ranks "
+                f"{self.loader.batches_per_epoch} batches of {cfg.data.batch_size} per epoch, fewer than "
+                f"one step needs ({batches_per_step} = loss.n_critic × train.grad_accum): lower "
+                "data.batch_size or add data"
             )
         self.total_steps = cfg.train.steps or cfg.train.epochs * self.steps_per_epoch
 
         # Identical initial weights on every rank, then per-rank randomness.
         torch.manual_seed(cfg.train.seed)
         generator, critic = build_models(cfg, self.spec.shape)
-        if cfg.model.density_init:
-            generator.init_output_bias(track_density(cfg.data.shards))
-        self.ema = copy.deepcopy(generator).requires_grad_(False).eval()
-        self.g, self.d = self._build_nets(generator, critic)
-        self.ema.to(self.device)
-        torch.manual_seed(rank_seed(cfg.train.seed, self.rank))
-        np.random.seed(rank_seed(cfg.train.seed, self.rank) % 2**32)
+        if cfg.model.density_init and meta is None:
+            generator.init_output_bias(cell_density(cfg.data.shards))
+        self.ema = copy.deepcopy(generator).requires_grad_(False).eval().to(self.device)
+        resharded = meta is not None and meta["world_size"] != ranks.world_size()
+        self.g, self.d = self._build_networks(generator, critic, load_universal=resharded)
+        torch.manual_seed(rank_seed(cfg.train.seed, ranks.rank()))
+        np.random.seed(rank_seed(cfg.train.seed, ranks.rank()) % 2**32)
+        self.phases = [
+            Phase("critic", self.d, cfg.loss.n_critic, self.critic_loss, penalty_every=cfg.loss.gp_every),
+            Phase("generator", self.g, 1, self.generator_loss),
+        ]
 
-        self.step = 0
-        self.critic_updates = 0
-        self.best_distance = math.inf
-        self._resume()
-        self.log = RunLog(cfg, self.run_path, self.accelerator, self.total_steps, self.step, self.is_main)
+        self.progress = Progress()
+        self.checkpointer = Checkpointer(
+            self.run_path,
+            {
+                "generator": self.g,
+                "critic": self.d,
+                "ema": ModuleState(self.ema),
+                "loader": self.loader,
+                "progress": self.progress,
+                "rng": PerRank(RNGState()),
+                "weights": PerRank(WeightsDigest({"generator": self.g.module, "critic": self.d.module})),
+            },
+            keep=cfg.checkpoint.keep,
+        )
+        if meta is not None:
+            self._resume(resume_from, meta)
+        self.monitor = Monitor(
+            cfg, self.run_path, self.accelerator, self.total_steps, self.progress.step, ranks.rank() == 0
+        )
         if log_with is not None:
-            self.accelerator.init_trackers(
-                cfg.log.project, config=flat_config(cfg), init_kwargs=self.tracker_init
-            )
+            self.accelerator.init_trackers(cfg.log.project, config=flat_config(cfg), init_kwargs=tracker_init)
         self.fixed_latents = torch.randn(
             cfg.log.n_snapshot, cfg.model.latent_dim, generator=torch.Generator().manual_seed(cfg.train.seed)
         )
-        self.reference = None
-        self.ema_calibrated_at = -1
+        self.window = (time.perf_counter(), 0)
 
     # ------------------------------------------------------------------------------------------------
-    # Setup
+    # Setup and resume
 
-    def _build_nets(self, generator: torch.nn.Module, critic: torch.nn.Module) -> tuple[Net, Net]:
+    def _build_networks(self, generator, critic, load_universal: bool) -> tuple[Network, Network]:
         cfg = self.cfg
-        decay_steps = max(1, cfg.optim.lr_decay_every * self.steps_per_epoch)
         if cfg.deepspeed.zero_stage > 0:
-            from b2b.zero import build_zero_nets
+            from b2b.zero import build_zero_networks
 
-            return build_zero_nets(cfg, generator, critic, self.precision, decay_steps)
+            return build_zero_networks(cfg, generator, critic, self.precision, load_universal)
         nets = []
         for module, lr in ((generator, cfg.optim.g_lr), (critic, cfg.optim.d_lr)):
-            optimizer = torch.optim.Adam(module.parameters(), lr=lr, betas=tuple(cfg.optim.betas))
-            scheduler = torch.optim.lr_scheduler.StepLR(
-                optimizer, step_size=decay_steps, gamma=cfg.optim.lr_decay
-            )
+            optimizer = build_optimizer(module, lr, cfg.optim.betas)
             wrapped = self.accelerator.prepare_model(module)
-            nets.append(Net(module, wrapped, optimizer, scheduler, self.precision.make_scaler()))
+            nets.append(Network(module, wrapped, optimizer, self.precision.make_scaler()))
         return nets[0], nets[1]
 
-    def _resume(self) -> None:
+    def _choose_resume(self) -> Path | None:
+        """Rank 0 picks the checkpoint (verifying digests, falling back past damaged ones); every rank
+        takes its choice, so all load the same one."""
         cfg = self.cfg
-        if cfg.checkpoint.resume == "never":
-            return
-        source = (
-            ckpt.latest_checkpoint(self.run_path)
-            if cfg.checkpoint.resume == "auto"
-            else ckpt.resolve_checkpoint(cfg.checkpoint.resume)
-        )
-        if source is None:
-            return
-        meta = ckpt.read_meta(source)
-        ckpt.check_compatible(meta, cfg, source)
-        ckpt.load_models(source, {"generator": self.g.module, "critic": self.d.module, "ema": self.ema})
-        self.g.load_training_state(source, "generator")
-        self.d.load_training_state(source, "critic")
-        self._apply_new_learning_rates(meta["config"]["optim"])
-        state = ckpt.load_rank_state(source, self.rank, self.world_size, meta["world_size"])
-        self.loader.load_state_dict(state["data"])
-        if "rng" in state:
-            ckpt.set_rng_state(state["rng"])
-        self.step = meta["step"]
-        self.critic_updates = meta["critic_updates"]
-        self.best_distance = meta.get("best_distance") or math.inf
-        if self.is_main:
-            note = (
-                ""
-                if meta["world_size"] == self.world_size
-                else f" (saved with {meta['world_size']} ranks, now {self.world_size}: RNG streams restart)"
-            )
-            print(f"resumed from {source} at step {self.step}{note}", flush=True)
+        choice = None
+        if ranks.rank() == 0:
+            for path in Checkpointer(self.run_path, {}, keep=1).remove_leftovers():
+                _warn(f"removed {path}, left by an interrupted save")
+            choice = choose_resume(self.run_path, cfg.checkpoint.resume, warn=_warn)
+        step = torch.tensor([-1 if choice is None else int(read_meta(choice)["step"])], device=self.device)
+        ranks.broadcast(step)
+        if step.item() < 0:
+            return None
+        if cfg.checkpoint.resume == "auto":
+            return self.run_path / "checkpoints" / f"step-{int(step.item())}"
+        return choice if choice is not None else resolve_checkpoint(cfg.checkpoint.resume)
 
-    def _apply_new_learning_rates(self, saved: dict) -> None:
-        """A resumed run takes optim.g_lr / optim.d_lr from its config (e.g. lowered after a divergence);
-        the schedule's progress (decays so far) is kept."""
-        for net, key in ((self.g, "g_lr"), (self.d, "d_lr")):
-            new = getattr(self.cfg.optim, key)
-            if saved.get(key) == new:
-                continue
-            net.scheduler.base_lrs = [new for _ in net.optimizer.param_groups]
-            for group, lr in zip(
-                net.optimizer.param_groups, net.scheduler._get_closed_form_lr(), strict=True
-            ):
-                group["initial_lr"] = new
-                group["lr"] = lr
-            if self.is_main:
-                print(f"optim.{key}: {saved.get(key)} in the checkpoint, {new} from the config: using {new}")
+    def _resume(self, source: Path, meta: dict) -> None:
+        self.checkpointer.load(source)
+        step = self.progress.step
+        if ranks.rank() == 0:
+            latest = latest_checkpoint(self.run_path)
+            if latest is not None and int(read_meta(latest)["step"]) > step:
+                moved = self.checkpointer.abandon_after(step)
+                names = ", ".join(p.name for p in moved)
+                print(
+                    f"resuming from step {step}, before the newest checkpoints: moved {names} to "
+                    f"{moved[0].parent} (a new trajectory starts here)",
+                    flush=True,
+                )
+            world, now = meta["world_size"], ranks.world_size()
+            note = "" if world == now else f" (saved with {world} ranks, now {now}: RNG streams restart)"
+            print(f"resumed from {source} at step {step}{note}", flush=True)
+        self._announce_schedule(meta)
+        ranks.barrier()
+
+    def _announce_schedule(self, meta: dict) -> None:
+        """Say which learning-rate settings differ from the checkpoint's: the schedule follows the config."""
+        if ranks.rank() != 0:
+            return
+        saved = meta["config"]["optim"]
+        keys = ("g_lr", "d_lr", "lr_decay", "lr_decay_every")
+        changed = [
+            f"optim.{k} {saved.get(k)} -> {getattr(self.cfg.optim, k)}"
+            for k in keys
+            if saved.get(k) != getattr(self.cfg.optim, k)
+        ]
+        saved_batch = meta["world_size"] * meta["config"]["data"]["batch_size"]
+        if saved_batch != ranks.world_size() * self.cfg.data.batch_size:
+            changed.append("global batch size (epochs now take another number of steps)")
+        if changed:
+            g_lr, d_lr = self.learning_rates()
+            print(
+                f"learning-rate schedule changed since the checkpoint: {'; '.join(changed)}; at epoch "
+                f"{self.loader.epochs_done:.2f} the rates are now G {g_lr:.3g}, D {d_lr:.3g}",
+                flush=True,
+            )
 
     # ------------------------------------------------------------------------------------------------
-    # One step
+    # One step: the phases, then the end of the step
+
+    def learning_rates(self) -> tuple[float, float]:
+        o = self.cfg.optim
+        epochs = self.loader.epochs_done
+        return (
+            step_decay(o.g_lr, epochs, o.lr_decay, o.lr_decay_every),
+            step_decay(o.d_lr, epochs, o.lr_decay, o.lr_decay_every),
+        )
 
     def next_real(self) -> torch.Tensor:
         # The loader yields bool rolls: one byte per cell crosses to the device, converted there.
@@ -249,73 +314,101 @@ class Trainer:
     def latents(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.cfg.model.latent_dim, device=self.device)
 
-    def critic_phase(self) -> dict:
-        """``n_critic`` critic updates against fakes from the frozen generator."""
+    def critic_loss(self, penalty_weight: float) -> torch.Tensor:
+        real = self.next_real()
+        with torch.no_grad(), self.precision.autocast():
+            fake = self.g.module(self.latents(real.shape[0]))
+        with self.precision.autocast():
+            loss = critic_loss(
+                self.d,
+                real,
+                fake,
+                gp_lambda=self.cfg.loss.gp_lambda,
+                gp_weight=penalty_weight,
+                loss_scale=self.d.loss_scale(),
+            )
+        return loss.total
+
+    def generator_loss(self, _: float) -> torch.Tensor:
+        # Through the bare critic: its gradients are not wanted, so DDP must not reduce them.
+        with self.precision.autocast():
+            return generator_loss(self.d.module, self.g(self.latents(self.cfg.data.batch_size)))
+
+    def run_phase(self, phase: Phase) -> None:
+        for net in (self.g, self.d):
+            net.module.requires_grad_(net is phase.network)
+        accum = self.cfg.train.grad_accum
+        for _ in range(phase.repeats):
+            weight = 0.0
+            if phase.penalty_every:
+                self.progress.critic_updates += 1
+                due = self.progress.critic_updates % phase.penalty_every == 0
+                weight = float(phase.penalty_every) if due else 0.0
+            for micro in range(accum):
+                with phase.network.accumulating(sync=micro == accum - 1):
+                    phase.network.backward(phase.loss(weight) / accum)
+            phase.network.step()
+
+    def train_step(self) -> int:
+        """One step and everything periodic after it; returns the stop signal number (0: go on)."""
         cfg = self.cfg
-        self.g.module.requires_grad_(False)
-        self.d.module.requires_grad_(True)
-        # Statistics stay on the device until the one all-reduce per step (no host sync per micro-batch).
-        sums: dict[str, torch.Tensor] = {}
-        for _ in range(cfg.loss.n_critic):
-            self.critic_updates += 1
-            # Lazy penalty (StyleGAN2): every k-th update, weighted by k, so its average weight is unchanged.
-            k = cfg.loss.gp_every
-            gp_weight = float(k) if self.critic_updates % k == 0 else 0.0
-            for micro in range(cfg.train.grad_accum):
-                real = self.next_real()
-                with torch.no_grad(), self.precision.autocast():
-                    fake = self.g.module(self.latents(real.shape[0]))
-                with self.d.accumulating(sync=micro == cfg.train.grad_accum - 1):
-                    with self.precision.autocast():
-                        loss = critic_loss(
-                            self.d,
-                            real,
-                            fake,
-                            gp_lambda=cfg.loss.gp_lambda,
-                            gp_weight=gp_weight,
-                            loss_scale=self.d.loss_scale(),
-                        )
-                    self.d.backward(loss.total / cfg.train.grad_accum)
-                terms = [("d_loss", loss.total), ("wasserstein", loss.wasserstein)]
-                if gp_weight:  # the penalty and the input-gradient norm exist only on penalty updates
-                    terms += [("penalty", loss.penalty), ("grad_norm_x", loss.grad_norm)]
-                for key, value in terms:
-                    sums[key] = sums.get(key, 0.0) + value.detach().float() / cfg.train.grad_accum
-            self.d.step()
-        penalty_updates = sum(
-            1
-            for u in range(self.critic_updates - cfg.loss.n_critic + 1, self.critic_updates + 1)
-            if u % cfg.loss.gp_every == 0
+        for net, lr in zip((self.g, self.d), self.learning_rates(), strict=True):
+            net.set_lr(lr)
+        with stats.Collector(self.device) as collector:
+            for phase in self.phases:
+                self.run_phase(phase)
+        for net in (self.g, self.d):
+            net.sync_buffers()
+        update_ema(self.ema, self.g.module, cfg.train.ema_beta)
+        self.progress.step += 1
+        step = self.progress.step
+        values = collector.collect(extra={"stop": self.stop.signal})
+        stop = (self.stop.signal or int(signal.SIGTERM)) if values.pop("stop") > 0 else 0
+        self._check_finite(values)
+        if step % cfg.log.every == 0 or step == self.total_steps:
+            self._log(values)
+        self.monitor.advance()
+        if cfg.log.snapshot_every and step % cfg.log.snapshot_every == 0:
+            self.snapshot()
+        if cfg.log.metrics_every and step % cfg.log.metrics_every == 0:
+            self.measure()
+        if stop or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
+            self.save()
+        return stop
+
+    def _check_finite(self, values: dict) -> None:
+        bad = stats.non_finite(values)
+        if bad:
+            last = latest_checkpoint(self.run_path)
+            values = ", ".join(f"{k}={v}" for k, v in bad.items())
+            last = last or "none (no checkpoint was written yet)"
+            raise NonFiniteLoss(
+                f"non-finite loss at step {self.progress.step} ({values}); stopping without saving. The last "
+                f"good checkpoint is {last}. Lower the learning rates (optim.g_lr, optim.d_lr) or use "
+                "train.precision=bf16/fp32"
+            )
+
+    def _log(self, values: dict) -> None:
+        cfg = self.cfg
+        start, steps = self.window
+        now = time.perf_counter()
+        samples = (
+            (self.progress.step - steps) * cfg.loss.n_critic * cfg.train.grad_accum * cfg.data.batch_size
         )
-        stats = {k: v / cfg.loss.n_critic for k, v in sums.items() if k in ("d_loss", "wasserstein")}
-        for key in ("penalty", "grad_norm_x"):
-            # Steps with no penalty update (gp_every > n_critic) report 0 rather than a made-up value.
-            stats[key] = sums[key] / penalty_updates if key in sums else torch.zeros((), device=self.device)
-        return stats
-
-    def generator_phase(self) -> dict:
-        """One generator update through the frozen critic (its bare module: no DDP sync for D)."""
-        cfg = self.cfg
-        self.d.module.requires_grad_(False)
-        self.g.module.requires_grad_(True)
-        g_loss = torch.zeros((), device=self.device)
-        for micro in range(cfg.train.grad_accum):
-            with self.g.accumulating(sync=micro == cfg.train.grad_accum - 1):
-                with self.precision.autocast():
-                    fake = self.g(self.latents(cfg.data.batch_size))
-                    loss = generator_loss(self.d.module, fake)
-                self.g.backward(loss / cfg.train.grad_accum)
-            g_loss += loss.detach().float() / cfg.train.grad_accum
-        self.g.step()
-        return {"g_loss": g_loss}
-
-    def bookkeeping(self) -> None:
-        self.g.scheduler.step()
-        self.d.scheduler.step()
-        self.g.sync_buffers()
-        self.d.sync_buffers()
-        update_ema(self.ema, self.g.module, self.cfg.train.ema_beta)
-        self.step += 1
+        self.window = (now, self.progress.step)
+        self.monitor.log_step(
+            self.progress.step,
+            {
+                **values,
+                "g_lr": self.g.lr,
+                "d_lr": self.d.lr,
+                "samples_per_s": samples * ranks.world_size() / max(now - start, 1e-9),
+                "global_batch": cfg.data.batch_size * ranks.world_size() * cfg.train.grad_accum,
+                "skipped_g": self.g.skipped_steps,
+                "skipped_d": self.d.skipped_steps,
+                "epoch": self.loader.epoch,
+            },
+        )
 
     # ------------------------------------------------------------------------------------------------
     # The run
@@ -323,117 +416,53 @@ class Trainer:
     def run(self) -> int:
         """Train to ``total_steps`` or until a stop signal; returns the process exit code."""
         self.start()
-        while self.step < self.total_steps:
+        while self.progress.step < self.total_steps:
             stopped_by = self.train_step()
             if stopped_by:
                 name = signal.Signals(stopped_by).name
-                self.log.message(
-                    f"stopped by {name} at step {self.step}; checkpoint saved. "
+                self.monitor.message(
+                    f"stopped by {name} at step {self.progress.step}; checkpoint saved. "
                     "Resume by running the same command again."
                 )
-                self._write_status("interrupted", signal=name)
-                self.log.close()
+                self.monitor.status("interrupted", self.progress.step, signal=name)
                 return 0
         self.finish()
         return 0
 
     def start(self) -> None:
         cfg = self.cfg
-        if self.is_main:
+        if ranks.rank() == 0:
             cfg.dump(self.run_path / "config.yaml")
-            global_batch = cfg.data.batch_size * self.world_size * cfg.train.grad_accum
-            self.log.message(
-                f"b2b: {self.world_size} rank(s) on {self.device.type}, precision {cfg.train.precision}, "
-                f"global batch {global_batch} = {cfg.data.batch_size} per device × {self.world_size} ranks × "
+            batch = cfg.data.batch_size * ranks.world_size() * cfg.train.grad_accum
+            self.monitor.message(
+                f"b2b: {ranks.world_size()} rank(s) on {self.device.type}, precision {cfg.train.precision}, "
+                f"global batch {batch} = {cfg.data.batch_size} per device × {ranks.world_size()} ranks × "
                 f"{cfg.train.grad_accum} accumulation; {self.steps_per_epoch} steps per epoch, "
                 f"{self.total_steps} steps; run folder {self.run_path}"
             )
-        self._write_status("running")
-        if self.step == 0:
-            self.music_metrics()
+        self.monitor.status("running", self.progress.step)
+        if self.progress.step == 0:
+            self.measure()
         self.batches = iter(self.loader)
-        self._window = (time.perf_counter(), 0)
-
-    def train_step(self) -> int:
-        """One step and everything periodic after it; returns the stop signal number (0: go on)."""
-        cfg = self.cfg
-        stats = self.critic_phase()
-        stats.update(self.generator_phase())
-        self.bookkeeping()
-        stopped_by, stats = self._agree(stats)
-        window_start, window_steps = self._window
-        window_steps += 1
-        if self.step % cfg.log.every == 0 or self.step == self.total_steps:
-            elapsed = time.perf_counter() - window_start
-            samples = window_steps * cfg.loss.n_critic * cfg.train.grad_accum * cfg.data.batch_size
-            self.last_logged = self._log_step(stats, samples * self.world_size / max(elapsed, 1e-9))
-            window_start, window_steps = time.perf_counter(), 0
-        self._window = (window_start, window_steps)
-        self.log.advance()  # after the postfix is set, so the bar shows this step's values
-        if cfg.log.snapshot_every and self.step % cfg.log.snapshot_every == 0:
-            self.snapshot()
-        if cfg.log.metrics_every and self.step % cfg.log.metrics_every == 0:
-            self.music_metrics()
-        if stopped_by or (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0):
-            self.save()
-        return stopped_by
 
     def finish(self) -> None:
-        cfg = self.cfg
-        if not cfg.log.snapshot_every or self.step % cfg.log.snapshot_every:
+        cfg, step = self.cfg, self.progress.step
+        if not cfg.log.snapshot_every or step % cfg.log.snapshot_every:
             self.snapshot()
-        if not cfg.log.metrics_every or self.step % cfg.log.metrics_every:
-            self.music_metrics()
+        if not cfg.log.metrics_every or step % cfg.log.metrics_every:
+            self.measure()
         self.save()  # after the final metrics, so the final state can be elected best
-        last = getattr(self, "last_logged", {})
-        self._write_status(
-            "finished", **{k: v for k, v in last.items() if k in ("wasserstein", "d_loss", "g_loss")}
-        )
-        self.log.close()
+        self.monitor.status("finished", step)
         self.accelerator.end_training()
 
-    def _agree(self, stats: dict) -> tuple[int, dict]:
-        """One all-reduce per step: mean losses across ranks, any rank's stop signal, any non-finite loss."""
-        keys = sorted(stats)
-        stop = torch.tensor(float(self.stop.signal), device=self.device)
-        values = torch.stack([stop, *(stats[k].reshape(()) for k in keys)]).double()
-        if self.world_size > 1:
-            dist.all_reduce(values)
-        values = values.tolist()  # the statistics cross to the host once per step
-        # Ranks that got no signal themselves stop too, reporting SIGTERM.
-        stop_signal = (self.stop.signal or int(signal.SIGTERM)) if values[0] > 0 else 0
-        mean = {k: v / self.world_size for k, v in zip(keys, values[1:], strict=True)}
-        if not all(math.isfinite(v) for v in mean.values()):
-            bad = ", ".join(f"{k}={v}" for k, v in mean.items() if not math.isfinite(v))
-            last = ckpt.latest_checkpoint(self.run_path)
-            raise NonFiniteLoss(
-                f"non-finite loss at step {self.step} ({bad}); stopping without saving. The last good "
-                f"checkpoint is {last or 'none (no checkpoint was written yet)'}. Lower the learning rates "
-                f"(optim.g_lr, optim.d_lr) or use train.precision=bf16/fp32"
-            )
-        return stop_signal, mean
-
-    def _log_step(self, stats: dict, samples_per_s: float) -> dict:
-        values = {
-            **stats,
-            "g_lr": self.g.lr,
-            "d_lr": self.d.lr,
-            "samples_per_s": samples_per_s,
-            "global_batch": self.cfg.data.batch_size * self.world_size * self.cfg.train.grad_accum,
-            "skipped_g": self.g.skipped_steps,
-            "skipped_d": self.d.skipped_steps,
-            "epoch": self.loader.epoch,
-        }
-        show = {
-            "D": f"{stats['d_loss']:.3f}",
-            "G": f"{stats['g_loss']:.3f}",
-            "W": f"{stats['wasserstein']:.3f}",
-            "GP": f"{stats['penalty']:.3f}",
-            "lr": f"{self.g.lr:.1e}",
-            "smp/s": f"{samples_per_s:.0f}",
-        }
-        self.log.write(self.step, values, show)
-        return values
+    def close(self) -> None:
+        """Stop the loader's workers and the progress bar; release the run folder (any exit path)."""
+        self.batches = None
+        self.loader.close()
+        if hasattr(self, "monitor"):
+            self.monitor.close()
+        if self.lock is not None:
+            self.lock.release()
 
     # ------------------------------------------------------------------------------------------------
     # Looking at the generator: snapshots from fixed latents, music metrics across ranks
@@ -441,9 +470,9 @@ class Trainer:
     def calibrate_ema(self) -> None:
         """Give the EMA generator BatchNorm statistics of its own weights before it is looked at or saved
         (every rank, at the same steps, so the EMA stays identical everywhere)."""
-        if self.ema_calibrated_at != self.step:
+        if self.ema_calibrated_at != self.progress.step:
             recalibrate_batchnorm(self.ema, self.cfg.data.batch_size, seed=self.cfg.train.seed + 3)
-            self.ema_calibrated_at = self.step
+            self.ema_calibrated_at = self.progress.step
 
     @torch.no_grad()
     def generate(self, latents: torch.Tensor) -> np.ndarray:
@@ -455,116 +484,71 @@ class Trainer:
         return binarize(probs, self.ema.output, self.cfg.train.threshold, draws).bool().cpu().numpy()
 
     def snapshot(self) -> None:
-        self.calibrate_ema()
-        if self.is_main:
-            self.log.snapshot(self.step, self.generate(self.fixed_latents), self.spec)
+        rolls = self.generate(self.fixed_latents)
+        self.monitor.snapshot(self.progress.step, rolls, self.spec)
 
-    def music_metrics(self) -> None:
+    def measure(self) -> None:
         """The EMA generator on a fixed latent set, generated across ranks, measured against real data."""
-        from b2b.reference import summary_line, voice_table
-
         cfg = self.cfg
         if not cfg.log.metrics_every:
             return
-        per_rank = math.ceil(cfg.log.metrics_n / self.world_size)
+        per_rank = math.ceil(cfg.log.metrics_n / ranks.world_size())
         latents = torch.randn(
-            per_rank * self.world_size,
+            per_rank * ranks.world_size(),
             cfg.model.latent_dim,
             generator=torch.Generator().manual_seed(cfg.train.seed + 1),
         )
-        mine = torch.from_numpy(self.generate(latents[self.rank * per_rank : (self.rank + 1) * per_rank]))
+        rank = ranks.rank()
+        mine = torch.from_numpy(self.generate(latents[rank * per_rank : (rank + 1) * per_rank]))
         rolls = self.accelerator.gather(mine.to(self.device)).cpu().numpy()
-        if not self.is_main:
+        if rank != 0:
             return
         if self.reference is None:
-            self.reference = self._real_reference(len(rolls))
+            self.reference = RealReference.from_shards(cfg.data.shards, self.spec, kept=len(rolls))
         result = self.reference.compare(rolls)
-        copies = result["copies"] or {}
-        values = {
-            "distance_to_real": result["distance_to_real"],
-            "diversity_ratio": result["diversity_ratio"],
-            "precision": result["precision"],
-            "recall": result["recall"],
-            **{f"copies_{k}": v for k, v in copies.items()},
-            **_flatten("music", result["metrics"]),
-        }
-        self.log.write(self.step, values)
-        self.log.message(f"step {self.step}: {summary_line(result)}\n{voice_table(result)}")
-        self.last_measured = (self.step, result)
-
-    def _real_reference(self, n_generated: int):
-        from b2b.reference import RealReference
-
-        reference = RealReference.from_shards(self.cfg.data.shards, self.spec, kept=n_generated)
-        write_text(self.run_path / "real_metrics.json", json.dumps(reference.metrics, indent=2))
-        return reference
+        self.monitor.measure(self.progress.step, result)
+        self.last_measured = (self.progress.step, result)
 
     # ------------------------------------------------------------------------------------------------
-    # Checkpoints and status
+    # Checkpoints
 
     def save(self) -> None:
-        cfg = self.cfg
+        step = self.progress.step
+        if self.saved_at == step:
+            return  # the final save of a run that just saved this step
         self.calibrate_ema()
-        # Only metrics measured on this very state may elect it as the best checkpoint, and never a generator
-        # that writes no notes.
-        measured = getattr(self, "last_measured", (None, None))
-        result = measured[1] if measured[0] == self.step else None
-        distance = None
-        if result is not None and result["metrics"]["polyphonic_rate"] is not None:
-            distance = result["distance_to_real"]
-        is_best = distance is not None and distance < self.best_distance and self.is_main
-        if is_best:
-            self.best_distance = distance
-        meta = {
-            "step": self.step,
-            "epoch": self.loader.epoch,
-            "critic_updates": self.critic_updates,
-            "world_size": self.world_size,
-            "best_distance": self.best_distance if math.isfinite(self.best_distance) else None,
-            "config": cfg.to_dict(),
-            "spec": self.spec.to_dict(),
-            "time": time.time(),
-        }
-        models = {"generator": self.g.module, "critic": self.d.module, "ema": self.ema}
-        folder = ckpt.save_checkpoint(
-            self.run_path,
-            self.step,
-            rank=self.rank,
-            world_size=self.world_size,
-            barrier=self.accelerator.wait_for_everyone,
-            models=models,
-            nets={"generator": self.g, "critic": self.d},
-            rank_state={
-                "rng": ckpt.rng_state(),
-                "data": self.loader.state_dict(),
-                "weights_sha256": ckpt.weights_digest(models),
-            },
-            meta=meta,
-            keep=cfg.checkpoint.keep,
-        )
-        if is_best:
-            ckpt.copy_as(folder, "best")
-            self.log.message(f"step {self.step}: new best checkpoint (distance to real {distance:.4f})")
-
-    def _write_status(self, state: str, **extra: object) -> None:
-        if not self.is_main:
-            return
-        path = self.run_path / "status.json"
-        write_text(path, json.dumps({"state": state, "step": self.step, "time": time.time(), **extra}) + "\n")
+        # Only metrics measured on this very state may elect it, and never a generator writing no notes.
+        at, result = self.last_measured
+        best = ranks.rank() == 0 and at == step and is_better(result, self.progress.best_distance)
+        if best:
+            self.progress.best_distance = result["distance_to_real"]
+        spec = self.spec.to_dict()
+        meta = {"step": step, "epoch": self.loader.epoch, "config": self.cfg.to_dict(), "spec": spec}
+        folder = self.checkpointer.save(step, meta)
+        self.saved_at = step
+        if best:
+            self.checkpointer.mark_best(folder)
+            distance = self.progress.best_distance
+            self.monitor.message(f"step {step}: new best checkpoint (distance to real {distance:.4f})")
 
 
-def _flatten(prefix: str, value: object) -> dict:
-    """``{"music/Piano/EB": 0.1, ...}`` from nested metric dicts (numbers only)."""
-    if isinstance(value, dict):
-        out = {}
-        for key, inner in value.items():
-            out.update(_flatten(f"{prefix}/{key}", inner))
-        return out
-    return {prefix: value} if isinstance(value, (int, float)) and not isinstance(value, bool) else {}
+def _warn(message: str) -> None:
+    print(f"b2b train: {message}", file=sys.stderr, flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="b2b train", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config (see configs/); defaults when omitted")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.precision=fp16")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``b2b train``: this process trains (one rank, or one of the ranks a launcher started)."""
     try:
         # Everything that can be wrong with the config or the data is found before any process group.
         cfg = load_config(args.config, args.overrides)
@@ -575,19 +559,31 @@ def main(argv: list[str] | None = None) -> int:
     except B2BError as exc:
         print(f"b2b train: error: {exc}", file=sys.stderr)
         return 2
+    created = not cfg.run_path.exists()
     trainer = None
     try:
         trainer = Trainer(cfg, manifest)
         return trainer.run()
-    except B2BError as exc:  # a non-finite loss, a bad checkpoint or shard, a refused setting
+    except B2BError as exc:  # a non-finite loss, a bad checkpoint or shard, a refused setting, a busy run
         print(f"b2b train: error: {exc}", file=sys.stderr)
         if trainer is not None:
-            trainer._write_status("failed", error=str(exc))
-        return 1
+            trainer.monitor.status("failed", trainer.progress.step, error=str(exc))
+        return 2 if trainer is None else 1
     except BaseException as exc:  # unexpected: keep the traceback, but leave a truthful status behind
-        if trainer is not None:
-            trainer._write_status("failed", error=repr(exc))
+        if trainer is not None and hasattr(trainer, "monitor"):
+            trainer.monitor.status("failed", trainer.progress.step, error=repr(exc))
         raise
+    finally:
+        if trainer is not None:
+            trainer.close()
+        if created and cfg.run_path.is_dir() and not any(p.name != ".lock" for p in cfg.run_path.iterdir()):
+            import shutil
+
+            shutil.rmtree(cfg.run_path, ignore_errors=True)  # a failed start leaves no empty run folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(parse_args(argv))
 
 
 if __name__ == "__main__":

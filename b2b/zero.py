@@ -1,4 +1,5 @@
-"""DeepSpeed ZeRO stages 1 and 2 for the generator and the critic, behind :class:`b2b.engine.Net`'s interface.
+"""DeepSpeed ZeRO stages 1 and 2 for the generator and the critic, behind :class:`b2b.network.Network`'s
+interface.
 
 ``deepspeed.zero_stage`` selects it (0 is plain DDP). Each network gets its own DeepSpeed engine, driven
 directly (one accelerate ``Accelerator`` takes only one DeepSpeed model), so the trainer keeps one loop.
@@ -7,11 +8,11 @@ Design, and why:
 
 - **Forwards go through ``engine.module``, never ``engine(...)``.** Calling the engine registers backward
   hooks on its output; the gradient penalty's ``torch.autograd.grad`` over such an output fires
-  DeepSpeed's backward epilogue (it fails on stages 0-2, PITFALLS.md). ``engine.forward`` would also
+  DeepSpeed's backward epilogue (it fails on stages 0-2). ``engine.forward`` would also
   switch off the trainer's autocast (DeepSpeed keeps its own). The ZeRO-2 gradient hooks sit on the
   parameters' gradient accumulation, which ``autograd.grad`` with respect to the input never runs, so
   they fire once, in :meth:`ZeroNet.backward` (``engine.backward``), like DDP's single reduction.
-- **Weights stay float32; the trainer owns autocast** (:class:`b2b.engine.Precision`). DeepSpeed's
+- **Weights stay float32; the trainer owns autocast** (:class:`b2b.network.Precision`). DeepSpeed's
   ``bf16``/``fp16`` modes cast the module to half precision, so the penalty's ``full_precision`` pass
   would run on rounded weights; its ``torch_autocast`` mode reduces Linear/Conv gradients in bf16. Here
   gradients are reduced and optimizer states kept in float32, exactly as on the DDP path, and ZeRO
@@ -22,10 +23,11 @@ Design, and why:
   ZeRO-2 reduce-scatters in every backward, which is how it partitions gradients.
 - **No gradient clipping**: DeepSpeed's default ``gradient_clipping`` is 1.0; b2b does not clip.
 
-Checkpoints: rank 0 writes ``<name>-training.pt`` (scheduler, skipped steps, loss scale, world size)
-and every rank writes its partition through ``engine.save_checkpoint`` into ``zero/<name>/`` of the
-same atomic checkpoint folder. Resuming on another world size converts the partitions to DeepSpeed's
-universal checkpoint (rank 0, into a hidden folder next to the checkpoint) and loads that.
+Checkpoints: the network's replicated state (weights, skipped steps, loss scale, world size) is saved
+by the checkpointer from :meth:`ZeroNetwork.state_dict`, and every rank writes its partition through
+``engine.save_checkpoint`` into ``zero/<name>/`` of the same atomic checkpoint folder
+(:meth:`ZeroNetwork.save_files`). Resuming on another world size converts the partitions to
+DeepSpeed's universal checkpoint (rank 0, into a hidden folder next to the checkpoint) and loads that.
 
 ZeRO-3 is refused: the penalty's double backward fails on the weights ZeRO-3 partitions away after the
 first backward (measured, see tests/test_zero.py), and the trainer reads whole parameters outside the
@@ -36,22 +38,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import logging
-import os
 import shutil
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from b2b import ranks
 from b2b.config import Config
-from b2b.engine import Net, Precision
 from b2b.errors import CheckpointError, ConfigError
+from b2b.network import Network, Precision, build_optimizer
+from b2b.preflight import check_zero
 
-SUPPORTED_STAGES = (1, 2)
 CHECKPOINT_FORMAT = "b2b-zero/1"
 ZERO_DIR = "zero"  # sub-folder of a checkpoint with DeepSpeed's per-rank files
 # Gradient bucket (elements) for ZeRO's reductions: a quarter of the model, at least 2^16, at most 2^29
@@ -59,16 +60,9 @@ ZERO_DIR = "zero"  # sub-folder of a checkpoint with DeepSpeed's per-rank files
 # would outweigh what ZeRO-2 saves on a model of this kind.
 MIN_BUCKET, MAX_BUCKET = 2**16, 2**29
 
-STAGE3_REFUSAL = (
-    "deepspeed.zero_stage=3 is not supported: under ZeRO-3 the gradient penalty's double backward reaches "
-    "convolution weights that ZeRO-3 has already released to their partitions (measured with DeepSpeed "
-    "0.19.8: 'expected stride to be a single integer value...'; tests/test_zero.py), and b2b also reads "
-    "whole parameters outside the engines (EMA, rank-0 weight checkpoints). Use deepspeed.zero_stage=2: it "
-    "partitions gradients and optimizer states. Valid values: 0 (DDP), 1, 2"
-)
 
 
-def deepspeed_config(cfg: Config, n_params: int) -> dict:
+def deepspeed_config(cfg: Config, n_params: int, load_universal: bool = False) -> dict:
     """The DeepSpeed config for one network (see the module docstring for each choice).
 
     Parameters
@@ -77,6 +71,8 @@ def deepspeed_config(cfg: Config, n_params: int) -> dict:
         Uses ``deepspeed.zero_stage``, ``data.batch_size`` and ``train.grad_accum``.
     n_params : int
         Elements of the network's trainable parameters (sizes the reduction buckets).
+    load_universal : bool
+        Read checkpoints as DeepSpeed universal checkpoints (another world size, see ZeroNetwork).
 
     Returns
     -------
@@ -98,6 +94,7 @@ def deepspeed_config(cfg: Config, n_params: int) -> dict:
             "reduce_bucket_size": bucket,
             "allgather_bucket_size": bucket,
         },
+        "checkpoint": {"load_universal": load_universal},
         "steps_per_print": 2**62,  # b2b logs progress itself
         "wall_clock_breakdown": False,
     }
@@ -137,12 +134,12 @@ class LossScale:
         self.good_steps = int(state["good_steps"])
 
 
-class ZeroNet(Net):
-    """A network trained by a DeepSpeed ZeRO-1/2 engine, with :class:`b2b.engine.Net`'s interface.
+class ZeroNetwork(Network):
+    """A network trained by a DeepSpeed ZeRO-1/2 engine, with :class:`b2b.network.Network`'s interface.
 
     ``module`` is the bare network (``engine.module``: its parameters are views into ZeRO's flat
     buffer, whole on every rank); calls go to it directly (see the module docstring). ``optimizer`` is
-    the torch Adam that ZeRO steps on this rank's partition; ``scheduler`` adjusts its learning rate.
+    the torch Adam that ZeRO steps on this rank's partition; :meth:`set_lr` sets its learning rate.
 
     Parameters
     ----------
@@ -150,8 +147,6 @@ class ZeroNet(Net):
         Built by :func:`build_zero_nets`.
     optimizer : torch.optim.Optimizer
         The client optimizer inside ``engine.optimizer``.
-    scheduler : torch.optim.lr_scheduler.LRScheduler
-        Stepped by the trainer once per generator step.
     loss_scale : LossScale, optional
         fp16 only.
     scalar_parameters : list of nn.Parameter, optional
@@ -162,12 +157,11 @@ class ZeroNet(Net):
         self,
         engine,
         optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
         loss_scale: LossScale | None = None,
         scalar_parameters: list[nn.Parameter] | None = None,
     ):
         no_scaler = torch.amp.GradScaler(engine.device.type, enabled=False)  # ZeRO scales (fp16: self.scale)
-        super().__init__(engine.module, engine.module, optimizer, scheduler, no_scaler)
+        super().__init__(engine.module, engine.module, optimizer, no_scaler)
         self.engine = engine
         self.stage = engine.zero_optimization_stage()
         self.scale = loss_scale
@@ -227,66 +221,63 @@ class ZeroNet(Net):
             self._hand_scale_to_zero()
         return applied, norm
 
-    # Checkpoint state; the trainer saves the (whole, replicated) weights from ``module`` itself.
-    def save_training_state(self, folder: Path, name: str) -> None:
-        """Write this rank's ZeRO partition to ``folder/zero/<name>/`` and, on rank 0, ``<name>-training.pt``.
+    # Checkpoint state: the replicated part here; each rank's partition through save_files/load_files.
+    def state_dict(self) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.module.state_dict(),
+            "zero_stage": self.stage,
+            "world_size": ranks.world_size(),
+            "skipped_steps": self.skipped_steps,
+            "loss_scale": self.scale.state_dict() if self.scale is not None else None,
+        }
 
-        Called on every rank (a collective).
-        """
+    def load_state_dict(self, state: dict) -> None:
+        """Check that the state is ZeRO state of this stage and restore the replicated part; the
+        partitions (optimizer states and master weights) come from :meth:`load_files`."""
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(
+                "the checkpoint was written by the DDP path (deepspeed.zero_stage=0), not by ZeRO; resume "
+                "it with deepspeed.zero_stage=0"
+            )
+        if state["zero_stage"] != self.stage:
+            raise CheckpointError(
+                f"the checkpoint holds ZeRO-{state['zero_stage']} state but this run uses "
+                f"deepspeed.zero_stage={self.stage}; resume with deepspeed.zero_stage={state['zero_stage']}"
+            )
+        self._saved_world = int(state["world_size"])
+        self.skipped_steps = int(state["skipped_steps"])
+        if self.scale is not None and state.get("loss_scale"):
+            self.scale.load_state_dict(state["loss_scale"])
+            self._hand_scale_to_zero()
+
+    def save_files(self, folder: Path, name: str) -> None:
+        """Write this rank's ZeRO partition to ``folder/zero/<name>/`` (a collective)."""
         from deepspeed.checkpoint.constants import (
             UNIVERSAL_CHECKPOINT_INFO,
             UNIVERSAL_CHECKPOINT_VERSION_KEY,
             UNIVERSAL_CHECKPOINT_VERSION_VALUE,
         )
 
-        folder = Path(folder)
         # The universal-checkpoint info lets ds_to_universal re-partition this for another world size.
         client_state = {
             UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}
         }
         with self._as_deepspeed_sees_it():
             self.engine.save_checkpoint(
-                str(folder / ZERO_DIR), tag=name, client_state=client_state, save_latest=False
+                str(Path(folder) / ZERO_DIR), tag=name, client_state=client_state, save_latest=False
             )
-        if _rank() == 0:
-            state = {
-                "format": CHECKPOINT_FORMAT,
-                "zero_stage": self.stage,
-                "world_size": _world_size(),
-                "scheduler": self.scheduler.state_dict(),
-                "skipped_steps": self.skipped_steps,
-                "loss_scale": self.scale.state_dict() if self.scale is not None else None,
-            }
-            path = folder / f"{name}-training.pt"
-            tmp = path.with_name(path.name + ".tmp")
-            torch.save(state, tmp)
-            os.replace(tmp, path)
 
-    def load_training_state(self, folder: Path, name: str) -> None:
-        """Restore what :meth:`save_training_state` wrote; called on every rank (a collective).
+    def load_files(self, folder: Path, name: str) -> None:
+        """Restore the partitions :meth:`save_files` wrote, after :meth:`load_state_dict` (a collective).
 
         On the world size it was saved with, each rank reads its own partition. On another one, rank 0
         converts the partitions to DeepSpeed's universal checkpoint and every rank takes its new
-        partition from that. Raises CheckpointError if the checkpoint is not a ZeRO checkpoint of this
-        stage, or the conversion fails.
+        partition from that. Raises CheckpointError if the conversion fails.
         """
         folder = Path(folder)
-        path = folder / f"{name}-training.pt"
-        if not path.is_file():
-            raise CheckpointError(f"{path} does not exist: the checkpoint {folder} is incomplete")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(
-                f"{path} was written by the DDP path (deepspeed.zero_stage=0), not by ZeRO; resume it "
-                f"with deepspeed.zero_stage=0"
-            )
-        if state["zero_stage"] != self.stage:
-            raise CheckpointError(
-                f"{path} holds ZeRO-{state['zero_stage']} state but this run uses "
-                f"deepspeed.zero_stage={self.stage}; resume with deepspeed.zero_stage={state['zero_stage']}"
-            )
-        saved_world = int(state["world_size"])
-        if saved_world == _world_size():
+        saved_world = getattr(self, "_saved_world", ranks.world_size())
+        if saved_world == ranks.world_size():
             with self._as_deepspeed_sees_it():
                 loaded, _ = self.engine.load_checkpoint(
                     str(folder / ZERO_DIR),
@@ -298,46 +289,36 @@ class ZeroNet(Net):
                 raise CheckpointError(f"{folder / ZERO_DIR / name} holds no DeepSpeed checkpoint for {name}")
         else:
             self._load_resharded(folder, name, saved_world)
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.skipped_steps = int(state["skipped_steps"])
-        if self.scale is not None and state.get("loss_scale"):
-            self.scale.load_state_dict(state["loss_scale"])
-            self._hand_scale_to_zero()
 
     def _load_resharded(self, folder: Path, name: str, saved_world: int) -> None:
-        world = _world_size()
+        world = ranks.world_size()
         source = folder / ZERO_DIR / name
+        if not self.engine.load_universal_checkpoint():
+            raise CheckpointError(
+                f"cannot resume {source} (saved by {saved_world} ranks) on {world} ranks: the engines were "
+                "built for the same world size (build_zero_networks(..., load_universal=True) re-partitions)"
+            )
         # Next to the checkpoint, hidden (checkpoint listings skip dot-folders), on the storage every
         # rank already reads the checkpoint from.
         universal = folder.parent / f".{folder.name}-{name}-universal"
-        failure = torch.zeros(1, device=self.engine.device)
         error = ""
-        if _rank() == 0:
+        if ranks.rank() == 0:
             try:
                 shutil.rmtree(universal, ignore_errors=True)
                 _convert_to_universal(source, universal / name)
             except Exception as exc:  # reported on every rank below as one CheckpointError
-                failure.fill_(1.0)
                 error = f": {type(exc).__name__}: {exc}"
-        _all_reduce_max(failure)
-        if failure.item():
+        if ranks.any_true(bool(error)):
             raise CheckpointError(
                 f"cannot resume {source} (saved by {saved_world} ranks) on {world} ranks: converting it to "
                 f"DeepSpeed's universal checkpoint failed{error}. Resume with {saved_world} ranks"
             )
-        # DeepSpeed reads universal checkpoints only when its config says so; the flag is read only by
-        # load_checkpoint, so it is switched on for this one load.
-        config = self.engine._config
-        config.load_universal_checkpoint = True
-        try:
-            with self._as_deepspeed_sees_it():
-                loaded, _ = self.engine.load_checkpoint(
-                    str(universal), tag=name, load_optimizer_states=True, load_lr_scheduler_states=False
-                )
-        finally:
-            config.load_universal_checkpoint = False
-        _barrier()
-        if _rank() == 0:
+        with self._as_deepspeed_sees_it():
+            loaded, _ = self.engine.load_checkpoint(
+                str(universal), tag=name, load_optimizer_states=True, load_lr_scheduler_states=False
+            )
+        ranks.barrier()
+        if ranks.rank() == 0:
             shutil.rmtree(universal, ignore_errors=True)
         if loaded is None:
             raise CheckpointError(
@@ -360,81 +341,14 @@ def _convert_to_universal(source: Path, target: Path) -> None:
     ds_to_universal.main(args)
 
 
-def check_config(cfg: Config) -> None:
-    """Refuse ZeRO settings that cannot run, before any process group exists.
-
-    Raises
-    ------
-    ConfigError
-        For ``deepspeed.zero_stage=3`` (see STAGE3_REFUSAL), or stages 1-2 without DeepSpeed installed.
-    """
-    stage = cfg.deepspeed.zero_stage
-    if stage == 0:
-        return
-    if stage == 3:
-        raise ConfigError(STAGE3_REFUSAL)
-    if stage not in SUPPORTED_STAGES:
-        raise ConfigError(f"deepspeed.zero_stage={stage} is not one of 0 (DDP), 1, 2")
-    if importlib.util.find_spec("deepspeed") is None:
-        raise ConfigError(
-            f"deepspeed.zero_stage={stage} needs DeepSpeed: pip install 'deepspeed>=0.19' "
-            "(or set deepspeed.zero_stage=0 for plain DDP)"
-        )
-
-
-# What `accelerate launch` exports for a config file with `distributed_type: DEEPSPEED` that b2b uses;
-# mixed_precision is always listed, and b2b's own train.precision decides it.
-ACCELERATE_FIELDS_TAKEN = {"zero_stage", "mixed_precision"}
-
-
-def take_accelerate_deepspeed_settings(cfg: Config, environ: MutableMapping[str, str] = os.environ) -> None:
-    """Take ``deepspeed.zero_stage`` from an accelerate DeepSpeed config (configs/accelerate/zero2.yaml).
-
-    Call before the Accelerator is created. b2b drives DeepSpeed itself, so the variable that would
-    make accelerate build its own DeepSpeed plugin is removed; accelerate then only starts the ranks
-    and their process group.
-
-    Parameters
-    ----------
-    cfg : Config
-        ``deepspeed.zero_stage`` is set from the launcher (it may already say the same).
-    environ : mapping
-        The process environment.
-
-    Raises
-    ------
-    ConfigError
-        If the launcher's stage contradicts ``deepspeed.zero_stage``, is not supported, or its config
-        sets DeepSpeed options b2b does not take from it (offload, a DeepSpeed JSON file, ...).
-    """
-    if environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
-        return
-    fields = {f for f in environ.get("ACCELERATE_CONFIG_DS_FIELDS", "").split(",") if f}
-    others = sorted(fields - ACCELERATE_FIELDS_TAKEN)
-    if others:
-        raise ConfigError(
-            f"the accelerate config sets DeepSpeed options b2b does not take from it: {', '.join(others)}. "
-            "b2b builds DeepSpeed's config itself (b2b/zero.py); keep only deepspeed_config.zero_stage "
-            "(see configs/accelerate/zero2.yaml), or launch with --multi_gpu and deepspeed.zero_stage=N"
-        )
-    raw = environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "")
-    if not raw.isdigit():
-        raise ConfigError(f"the accelerate config's deepspeed_config.zero_stage is {raw!r}; use 1 or 2")
-    stage = int(raw)
-    if cfg.deepspeed.zero_stage not in (0, stage):
-        raise ConfigError(
-            f"deepspeed.zero_stage={cfg.deepspeed.zero_stage} contradicts the accelerate config's "
-            f"zero_stage {stage}: set one of them"
-        )
-    cfg.deepspeed.zero_stage = stage
-    check_config(cfg)
-    environ.pop("ACCELERATE_USE_DEEPSPEED")
-
-
-def build_zero_nets(
-    cfg: Config, generator: nn.Module, critic: nn.Module, precision: Precision, steps_per_decay: int
-) -> tuple[ZeroNet, ZeroNet]:
-    """Wrap both networks in DeepSpeed ZeRO engines with the DDP path's Adam and StepLR.
+def build_zero_networks(
+    cfg: Config,
+    generator: nn.Module,
+    critic: nn.Module,
+    precision: Precision,
+    load_universal: bool = False,
+) -> tuple[ZeroNetwork, ZeroNetwork]:
+    """Wrap both networks in DeepSpeed ZeRO engines with the DDP path's Adam (b2b.network.build_optimizer).
 
     Parameters
     ----------
@@ -444,12 +358,13 @@ def build_zero_nets(
         Freshly built, identical on every rank, all parameters trainable.
     precision : Precision
         The trainer's autocast settings; fp16 adds a dynamic loss scale.
-    steps_per_decay : int
-        StepLR's ``step_size`` (generator steps between learning-rate decays).
+    load_universal : bool
+        The run resumes from partitions saved by another number of ranks: the engines then read
+        DeepSpeed's universal checkpoint (its config's ``checkpoint.load_universal``).
 
     Returns
     -------
-    (ZeroNet, ZeroNet)
+    (ZeroNetwork, ZeroNetwork)
         Generator and critic.
 
     Raises
@@ -459,31 +374,26 @@ def build_zero_nets(
     """
     if cfg.deepspeed.zero_stage == 0:
         raise ConfigError(
-            "deepspeed.zero_stage=0 is the DDP path (b2b.engine.Net); build_zero_nets takes 1 or 2"
+            "deepspeed.zero_stage=0 is the DDP path (b2b.network.Network); build_zero_networks takes 1 or 2"
         )
-    check_config(cfg)
+    check_zero(cfg)
     import deepspeed
     from deepspeed.utils import logger as deepspeed_logger
 
     deepspeed_logger.setLevel(logging.WARNING)  # its per-rank INFO lines would drown b2b's log
-    _ensure_process_group(precision.device_type)
+    ranks.ensure_process_group(precision.device_type)
     deepspeed.init_distributed(dist_backend=dist.get_backend(), dist_init_required=False)
     nets = []
     for module, lr in ((generator, cfg.optim.g_lr), (critic, cfg.optim.d_lr)):
-        optimizer = torch.optim.Adam(module.parameters(), lr=lr, betas=tuple(cfg.optim.betas))
+        optimizer = build_optimizer(module, lr, cfg.optim.betas)
         n_params = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        config = deepspeed_config(cfg, n_params, load_universal)
         with _scalar_parameters_as_vectors(module) as scalars:
             engine, *_ = deepspeed.initialize(
-                model=module,
-                optimizer=optimizer,
-                config=deepspeed_config(cfg, n_params),
-                dist_init_required=False,
+                model=module, optimizer=optimizer, config=config, dist_init_required=False
             )
-        scheduler = torch.optim.lr_scheduler.StepLR(
-            optimizer, step_size=steps_per_decay, gamma=cfg.optim.lr_decay
-        )
         scale = LossScale() if precision.name == "fp16" else None
-        nets.append(ZeroNet(engine, optimizer, scheduler, scale, scalars))
+        nets.append(ZeroNetwork(engine, optimizer, scale, scalars))
     return nets[0], nets[1]
 
 
@@ -492,36 +402,10 @@ def _scalar_parameters_as_vectors(module: nn.Module) -> Iterator[list[nn.Paramet
     """Give 0-dim parameters (SelfAttention's gamma) shape (1,) while DeepSpeed sets the engine up.
 
     DeepSpeed 0.19's initial broadcast views each parameter as bytes, which fails on a 0-dim tensor.
-    Only the view changes: ZeRO flattens the same element. Yields the parameters, which ZeroNet views
+    Only the view changes: ZeRO flattens the same element. Yields the parameters, which ZeroNetwork views
     as 0-dim again whenever ZeRO re-points them.
     """
     scalars = [p for p in module.parameters() if p.dim() == 0]
     for p in scalars:
         p.data = p.data.view(1)
     yield scalars
-
-
-def _ensure_process_group(device_type: str) -> None:
-    """DeepSpeed needs torch.distributed; a single-process run gets a world of one (nothing to share)."""
-    os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed reads it; every multi-process launcher sets it
-    if not dist.is_initialized():
-        backend = dist.get_default_backend_for_device(device_type)
-        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
-def _barrier() -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
-
-
-def _all_reduce_max(tensor: torch.Tensor) -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)

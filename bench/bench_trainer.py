@@ -117,7 +117,8 @@ class BareLoop:
 
 
 def build_trainer(shards: str, run_dir: Path, precision: str):
-    from b2b.config import load_config, validate_for_training
+    from b2b.config import load_config
+from b2b.preflight import validate_for_training
     from b2b.train import Trainer
 
     cfg = load_config(DEMO, demo_overrides(shards, run_dir, "bench-trainer", precision, 10**9))

@@ -24,8 +24,9 @@ import slurm_job  # launch/ is on sys.path: it is this script's folder
 import submitit
 from submitit.slurm.slurm import SlurmExecutor
 
-from b2b.config import load_config, validate_for_training
+from b2b.config import load_config
 from b2b.errors import B2BError
+from b2b.preflight import validate_for_training
 
 USR2_TRAP = [
     "# scancel --signal=USR2 --full also signals this shell: trap it so it is not killed by default",
@@ -39,6 +40,31 @@ class _OfflineSlurmExecutor(SlurmExecutor):
     @classmethod
     def affinity(cls) -> int:
         return 1
+
+
+def sbatch_script(executor: SlurmExecutor) -> str:
+    """The sbatch script ``executor`` would submit.
+
+    submitit has no public call for this: its private ``_make_submission_file_text`` and
+    ``_submitit_command_str`` are used here, and only here; tests/test_slurm.py checks that they exist
+    and render an sbatch script, so an upgrade that changes them fails loudly there.
+    """
+    return executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
+
+
+# Values that reach #SBATCH lines: Slurm names and expressions, never a newline, space or quote.
+SLURM_VALUE = re.compile(r"[A-Za-z0-9_.,:|&!*()\[\]@%+=-]{1,200}")
+
+
+def check_slurm_values(args: argparse.Namespace) -> None:
+    """Refuse a partition, account, QOS or constraint that could break out of its #SBATCH line."""
+    for key in ("partition", "account", "qos", "constraint"):
+        value = getattr(args, key)
+        if value is not None and not SLURM_VALUE.fullmatch(value):
+            raise B2BError(
+                f"--{key} {value!r}: not a Slurm {key} (letters, digits and _.,:|&!*()[]@%+=- only; "
+                "no spaces, quotes or newlines)"
+            )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -253,6 +279,7 @@ def submit(args: argparse.Namespace, argv: list[str]) -> int:
     ``argv`` (the command line) is echoed back as the command that resumes the run.
     """
     _check_numbers(args)
+    check_slurm_values(args)
     cfg = load_config(args.config, args.overrides)
     validate_for_training(cfg)
     explicit = cfg.name if _explicit_name(args.overrides) else None
@@ -272,7 +299,7 @@ def submit(args: argparse.Namespace, argv: list[str]) -> int:
     if args.dry_run:
         executor = _OfflineSlurmExecutor(folder, max_num_timeout=args.max_timeouts)
         executor.update_parameters(**params)
-        print(executor._make_submission_file_text(executor._submitit_command_str, "dry-run"), end="")
+        print(sbatch_script(executor), end="")
         print(f"# dry run: nothing submitted, Slurm not queried; the run directory would be {folder.parent}",
               file=sys.stderr)  # fmt: skip
         return 0

@@ -1,6 +1,5 @@
 """WGAN-GP losses: analytic penalties, float32 penalty pass under autocast, precision tolerances."""
 
-import math
 
 import pytest
 import torch
@@ -78,11 +77,33 @@ def test_critic_loss_terms_and_lazy_weight():
     assert full.total.item() == pytest.approx((d_fake - d_real + 10 * penalty).item(), rel=1e-6)
     assert lazy.total.item() == pytest.approx((d_fake - d_real + 40 * penalty).item(), rel=1e-6)
     assert off.total.item() == pytest.approx((d_fake - d_real).item(), rel=1e-6)
-    assert float(off.penalty) == 0.0 and math.isnan(float(off.grad_norm))
-    for field in ("wasserstein", "penalty", "grad_norm", "d_real", "d_fake"):
+    assert off.penalty is None  # not computed on updates without the penalty
+    for field in ("wasserstein", "penalty"):
         value = getattr(full, field)
         assert value.dim() == 0 and not value.requires_grad, field
     assert full.total.requires_grad
+
+
+def test_losses_report_their_statistics_averaged_over_the_updates_that_made_them():
+    from b2b.stats import Collector
+
+    torch.manual_seed(0)
+    critic = Critic(SHAPE, 4, dropout=0.0)
+    real, fake, eps = torch.rand(4, *SHAPE), torch.rand(4, *SHAPE), torch.rand(4)
+    penalty, grad_norm = gradient_penalty(critic, real, fake, eps=eps)
+    with Collector(torch.device("cpu")) as collector:
+        with_penalty = critic_loss(critic, real, fake, gp_lambda=10.0, eps=eps)
+        without = critic_loss(critic, real, fake, gp_lambda=10.0, gp_weight=0.0)
+        g_loss = generator_loss(critic, fake)
+    values = collector.collect(extra={"stop": 0})
+    assert values["d_loss"] == pytest.approx((with_penalty.total.item() + without.total.item()) / 2, rel=1e-6)
+    assert values["wasserstein"] == pytest.approx(with_penalty.wasserstein.item(), rel=1e-6)
+    # The penalty was computed on one of the two updates: its mean is that one value, not half of it.
+    assert values["penalty"] == pytest.approx(penalty.item(), rel=1e-6)
+    assert values["grad_norm_x"] == pytest.approx(grad_norm.item(), rel=1e-6)
+    assert values["g_loss"] == pytest.approx(g_loss.item(), rel=1e-6) and values["stop"] == 0
+    assert collector.collect() == {}  # collect resets
+    critic_loss(critic, real, fake, gp_lambda=10.0)  # outside a collector: nothing is recorded
 
 
 def test_generator_loss_is_minus_mean_score_and_reaches_the_generator():

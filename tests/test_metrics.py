@@ -59,12 +59,20 @@ def test_empty_bar_rate_and_undefined_metrics_of_silent_tracks():
     assert m["tracks"]["Bass"]["EB"] == 1.0
     assert m["tracks"]["Strings"] == {
         "EB": 1.0,
+        "density": 0.0,
         "UPC": None,
         "QN": None,
+        "mono": None,
         "pitches_used": None,
         "polyphony": None,
     }
-    assert m["tracks"]["Drums"] == {"EB": 1.0, "DP": None, "pitches_used": None, "polyphony": None}
+    assert m["tracks"]["Drums"] == {
+        "EB": 1.0,
+        "density": 0.0,
+        "DP": None,
+        "pitches_used": None,
+        "polyphony": None,
+    }
     assert m["TD"] == {"Piano-Bass": None, "Piano-Strings": None, "Bass-Strings": None}
 
 
@@ -114,7 +122,7 @@ def test_drum_pattern_counts_onsets_on_the_16th_grid():
     drums = music_metrics(rolls, SPEC)["tracks"]["Drums"]
     n_on = sum(hits.values()) + 2
     assert drums["DP"] == pytest.approx(n_on / (len(hits) + 2))
-    assert set(drums) == {"EB", "DP", "pitches_used", "polyphony"}
+    assert set(drums) == {"EB", "density", "DP", "pitches_used", "polyphony"}
 
 
 def test_polyphony_over_sounding_steps_only():
@@ -183,7 +191,7 @@ def _oracle(rolls: np.ndarray, spec: RollSpec) -> dict:
     spb, beat = spec.steps_per_bar, spec.steps_per_beat
     tracks = {}
     for c, track in enumerate(spec.tracks):
-        bars = empty_bars = pcs = pitches = notes = qualified = grid = poly_notes = poly_steps = 0
+        bars = empty_bars = pcs = pitches = notes = qualified = grid = poly_notes = poly_steps = mono = 0
         for roll in rolls[:, c]:
             for b in range(spec.n_bars):
                 bar = roll[b * spb : (b + 1) * spb]
@@ -207,13 +215,15 @@ def _oracle(rolls: np.ndarray, spec: RollSpec) -> dict:
             for step in roll:
                 poly_notes += int(step.sum())
                 poly_steps += bool(step.any())
+                mono += int(step.sum()) == 1
         nonempty = bars - empty_bars
-        values = {"EB": empty_bars / bars}
+        values = {"EB": empty_bars / bars, "density": poly_notes / rolls[:, c].size}
         if track.is_drum:
             values["DP"] = grid / notes if notes else None
         else:
             values["UPC"] = pcs / nonempty if nonempty else None
             values["QN"] = qualified / notes if notes else None
+            values["mono"] = mono / poly_steps if poly_steps else None
         values["pitches_used"] = pitches / nonempty if nonempty else None
         values["polyphony"] = poly_notes / poly_steps if poly_steps else None
         tracks[track.name] = values

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from b2b.config import load_config, validate_for_training
+from b2b.config import load_config
 from b2b.errors import ConfigError, ShapeError
 from b2b.models import (
     MAX_INITIAL,
@@ -87,7 +87,9 @@ def test_refusal_names_axis_size_rule_and_nearest_sizes():
 
 
 def test_config_validation_refuses_a_shape_before_any_convolution(tmp_path):
-    (tmp_path / "manifest.json").write_text(json.dumps({"shape": [4, 64, 100]}))
+    from b2b.preflight import validate_for_training
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"shape": [4, 64, 100], "shards": []}))
     cfg = load_config(None, [f"data.shards={tmp_path}"])
     with pytest.raises(ShapeError, match="pitch size 100"):
         validate_for_training(cfg)
@@ -230,7 +232,7 @@ def test_describe_cli_json_text_and_errors(tmp_path, capsys):
     from b2b.cli import main
     from b2b.describe import describe
 
-    (tmp_path / "manifest.json").write_text(json.dumps({"shape": [5, 96, 84]}))
+    (tmp_path / "manifest.json").write_text(json.dumps({"shape": [5, 96, 84], "shards": []}))
     assert main(["describe", f"data.shards={tmp_path}", "model.g_width=4", "model.d_width=4", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["shape"] == [5, 96, 84]  # taken from the manifest
@@ -281,9 +283,12 @@ def test_the_critic_sees_what_the_output_makes(output):
         assert set(x.unique().tolist()) <= {0.0, 1.0}
         if output == "binary_det":
             assert torch.equal(x, (probs >= 0.5).float())
-    # The generator learns through the binary output: every parameter gets a gradient.
+    # The generator learns through the binary output: every parameter gets a gradient (but attention's
+    # query, key and value, whose effect is gamma × attention = 0 at initialization).
     Critic(DEMO, width=2)(x).sum().backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in g.parameters())
+    for name, p in g.named_parameters():
+        in_attention = any(part in name for part in (".query.", ".key.", ".value."))
+        assert p.grad is not None and bool(p.grad.abs().sum() > 0) != in_attention, name
 
 
 def test_output_bias_starts_each_track_at_its_density():

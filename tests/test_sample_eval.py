@@ -19,7 +19,7 @@ import pretty_midi
 import pytest
 import torch
 
-from b2b.checkpoint import save_checkpoint
+from b2b.checkpoint import Checkpointer, ModuleState
 from b2b.cli import main
 from b2b.codec import encode_roll
 from b2b.config import Config
@@ -93,18 +93,13 @@ def setup(tmp_path_factory) -> dict:
     with torch.no_grad():  # make the EMA weights differ, so --no-ema is visible in the output
         for p in ema.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    checkpoint = save_checkpoint(
-        root / "run",
-        7,
-        rank=0,
-        world_size=1,
-        barrier=lambda: None,
-        models={"generator": generator, "critic": critic, "ema": ema},
-        nets={},
-        rank_state={},
-        meta={"step": 7, "config": cfg.to_dict(), "spec": SPEC.to_dict()},
-        keep=1,
-    )
+    class GeneratorPart:  # what a trainer's Network saves: its model under "model"
+        def state_dict(self) -> dict:
+            return {"model": generator.state_dict()}
+
+    parts = {"generator": GeneratorPart(), "critic": ModuleState(critic), "ema": ModuleState(ema)}
+    meta = {"step": 7, "config": cfg.to_dict(), "spec": SPEC.to_dict()}
+    checkpoint = Checkpointer(root / "run", parts, keep=1).save(7, meta)
     rolls = real_rolls()
     shards = write_shards(root / "shards", SPEC, {"train": rolls[:3], "val": rolls})
     return {"root": root, "checkpoint": checkpoint, "shards": shards, "ema": ema, "generator": generator}

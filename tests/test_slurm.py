@@ -266,7 +266,9 @@ def _job_logs(cluster: SlurmCluster, job: str, run: Path) -> str:
 
 
 def _models(run: Path, step: int) -> dict:
-    return torch.load(run / "checkpoints" / f"step-{step}" / "models.pt", weights_only=True)
+    folder = run / "checkpoints" / f"step-{step}"
+    nets = {name: torch.load(folder / f"{name}.pt", weights_only=True)["model"] for name in ("generator", "critic")}
+    return {**nets, "ema": torch.load(folder / "ema.pt", weights_only=True)}
 
 
 @pytest.mark.slow

@@ -103,10 +103,7 @@ def run(cmd: list[str], cwd: Path, timeout: float = 240) -> subprocess.Completed
 
 def checkpoint_state(folder: Path) -> dict:
     """Everything a checkpoint holds that must be identical between equivalent runs."""
-    state = {"models": torch.load(folder / "models.pt", weights_only=True)}
-    for name in ("generator", "critic"):
-        state[name] = torch.load(folder / f"{name}-training.pt", weights_only=False)
-    return state
+    return {name: torch.load(folder / f"{name}.pt", weights_only=True) for name in ("generator", "critic", "ema")}
 
 
 def assert_identical(a: object, b: object, where: str = "") -> None:
@@ -178,11 +175,12 @@ def test_two_ranks_train_one_model(reference: Path) -> None:
     final = reference / "checkpoints" / "step-40"
     meta = json.loads((final / "meta.json").read_text())
     assert meta["world_size"] == 2 and meta["step"] == 40
-    ranks = [torch.load(final / f"rank-{r:05d}.pt", weights_only=False) for r in range(2)]
-    # Both ranks hold bit-identical G, D and EMA after 40 steps of DDP.
-    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
-    # ...and they read different data (the loader's position is per rank, equal batch counts).
-    assert ranks[0]["data"]["batches_done"] == ranks[1]["data"]["batches_done"]
+    ranks = [torch.load(final / f"rank-{r:05d}.pt", weights_only=True) for r in range(2)]
+    # Both ranks hold bit-identical G and D after 40 steps of DDP, and drew their own random numbers.
+    assert ranks[0]["weights"]["sha256"] == ranks[1]["weights"]["sha256"]
+    assert not torch.equal(ranks[0]["rng"]["torch"], ranks[1]["rng"]["torch"])
+    # One data position for all ranks (each rank reads its own block of every epoch).
+    assert torch.load(final / "loader.pt", weights_only=True)["epoch"] == meta["epoch"]
     # keep=2: only the last two periodic checkpoints remain.
     assert [s for s, _ in ckpt.complete_checkpoints(reference)] == [30, 40]
     lines = [json.loads(x) for x in (reference / "metrics.jsonl").read_text().splitlines()]
@@ -225,7 +223,7 @@ def test_two_nodes_on_loopback(tiny_shards: Path, tmp_path: Path) -> None:
     assert [p.returncode for p in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     final = tmp_path / "nodes" / "checkpoints" / "step-4"
     assert json.loads((final / "meta.json").read_text())["world_size"] == 2
-    digests = [torch.load(final / f"rank-{r:05d}.pt", weights_only=False)["weights_sha256"] for r in range(2)]
+    digests = [torch.load(final / f"rank-{r:05d}.pt", weights_only=True)["weights"]["sha256"] for r in range(2)]
     assert digests[0] == digests[1]
 
 
@@ -356,17 +354,19 @@ def test_generator_step_leaves_the_critic_unchanged(tiny_shards: Path, tmp_path:
     """The trainer's own phases, in this process (one rank): requires_grad_ is toggled per phase."""
     from accelerate.state import AcceleratorState
 
-    from b2b.config import load_config, validate_for_training
+    from b2b.config import load_config
+    from b2b.preflight import validate_for_training
     from b2b.train import Trainer
 
     cfg = load_config(None, overrides(tiny_shards, tmp_path, "phases"))
     trainer = Trainer(cfg, validate_for_training(cfg))
     try:
         trainer.batches = iter(trainer.loader)
-        trainer.critic_phase()
+        critic_phase, generator_phase = trainer.phases
+        trainer.run_phase(critic_phase)
         critic_before = {k: v.clone() for k, v in trainer.d.module.state_dict().items()}
         gen_before = {k: v.clone() for k, v in trainer.g.module.state_dict().items()}
-        trainer.generator_phase()
+        trainer.run_phase(generator_phase)
         assert all(not p.requires_grad for p in trainer.d.module.parameters())
         assert all(p.grad is None for p in trainer.d.module.parameters())
         assert_identical(critic_before, trainer.d.module.state_dict())
@@ -374,7 +374,7 @@ def test_generator_step_leaves_the_critic_unchanged(tiny_shards: Path, tmp_path:
         assert any("weight" in k for k in changed)
         # and the critic phase trains the critic while the generator stays frozen
         gen_before = {k: v.clone() for k, v in trainer.g.module.named_parameters()}
-        trainer.critic_phase()
+        trainer.run_phase(critic_phase)
         assert all(torch.equal(p, gen_before[k]) for k, p in trainer.g.module.named_parameters())
         assert all(not p.requires_grad for p in trainer.g.module.parameters())
     finally:

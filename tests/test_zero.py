@@ -1,9 +1,10 @@
-"""DeepSpeed ZeRO-1/2 (b2b/zero.py) against the DDP path (b2b/engine.py), with two real processes over gloo.
+"""DeepSpeed ZeRO-1/2 (b2b/zero.py) against the DDP path (b2b/network.py), with two real processes over gloo.
 
 One spawned pair of ranks runs every scenario (DeepSpeed's import and engine set-up dominate the time):
 
 - the trainer's step (n_critic critic updates with the gradient penalty, then one generator update
-  through the frozen critic, grad_accum micro-batches each; schedulers; buffer sync) for 3 steps on the
+  through the frozen critic, grad_accum micro-batches each; the learning rate decaying; buffer sync) for
+  3 steps on the
   DDP path and on ZeRO-1 and ZeRO-2, in fp32, bf16 and fp16 autocast, from the same seeds and data;
 - save after 2 steps, then 1 more step, against: fresh nets, load, the same 1 step (ZeRO-1 and ZeRO-2);
 - one critic update on a raw ZeRO-3 engine (the measurement behind refusing stage 3).
@@ -39,17 +40,18 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from b2b.checkpoint import Checkpointer, PerRank, RNGState
 from b2b.config import load_config
-from b2b.engine import Net, Precision
 from b2b.errors import ConfigError
 from b2b.losses import critic_loss, generator_loss
 from b2b.models import Critic, Generator
+from b2b.network import Network, Precision, build_optimizer, step_decay
 
 SHAPE = (2, 8, 12)
 LATENT = 8
 BATCH = 4  # per rank and micro-batch
 STEPS = 3
-DECAY_EVERY = 2  # StepLR step_size in generator steps: the learning rate decays inside the run
+DECAY_EVERY = 2  # generator steps between learning-rate decays: the rate decays inside the run
 PRECISIONS = ("fp32", "bf16", "fp16")
 TOLERANCE = 1e-5  # float32 rounding of differently ordered sums (see the module docstring)
 # Losses after STEPS steps under autocast: bf16 keeps 8 bits, so rounding-level weight differences flip
@@ -83,21 +85,20 @@ def _models() -> tuple[Generator, Critic]:
     return generator, critic
 
 
-def _nets(stage: int, precision: Precision):
-    """Generator and critic nets as the trainer builds them (b2b/train.py, Trainer._build_nets)."""
+def _nets(stage: int, precision: Precision, load_universal: bool = False):
+    """Generator and critic networks as the trainer builds them (b2b/train.py, Trainer._build_networks)."""
     cfg = _cfg(stage, precision.name)
     generator, critic = _models()
     if stage > 0:
-        from b2b.zero import build_zero_nets
+        from b2b.zero import build_zero_networks
 
-        return build_zero_nets(cfg, generator, critic, precision, DECAY_EVERY)
+        return build_zero_networks(cfg, generator, critic, precision, load_universal)
     nets = []
     for module, lr in ((generator, cfg.optim.g_lr), (critic, cfg.optim.d_lr)):
-        optimizer = torch.optim.Adam(module.parameters(), lr=lr, betas=tuple(cfg.optim.betas))
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, DECAY_EVERY, gamma=cfg.optim.lr_decay)
+        optimizer = build_optimizer(module, lr, cfg.optim.betas)
         # No buffer broadcast at each forward (the trainer's broadcast_buffers=False).
         wrapped = DDP(module, forward_sync_buffers=False)
-        nets.append(Net(module, wrapped, optimizer, scheduler, precision.make_scaler()))
+        nets.append(Network(module, wrapped, optimizer, precision.make_scaler()))
     return nets[0], nets[1]
 
 
@@ -114,6 +115,8 @@ def _train_step(g, d, precision: Precision, step: int, rank: int, first: dict | 
     first = {} if first is None else first
     cfg = _cfg(0)
     accum = cfg.train.grad_accum
+    for net, base in ((g, cfg.optim.g_lr), (d, cfg.optim.d_lr)):  # the trainer's schedule, in steps here
+        net.set_lr(step_decay(base, step, cfg.optim.lr_decay, DECAY_EVERY))
     out = {"d_loss": [], "penalty": [], "wasserstein": [], "d_norm": []}
     g.module.requires_grad_(False)
     d.module.requires_grad_(True)
@@ -152,8 +155,6 @@ def _train_step(g, d, precision: Precision, step: int, rank: int, first: dict | 
     out["critic_unchanged"] = all(
         torch.equal(a, b) for a, b in zip(critic_before, d.module.parameters(), strict=True)
     )
-    g.scheduler.step()
-    d.scheduler.step()
     g.sync_buffers()
     d.sync_buffers()
     return out
@@ -194,26 +195,17 @@ def _zero_partition(net) -> dict:
     }
 
 
-def _save(g, d, folder: str, rank: int) -> None:
-    os.makedirs(folder, exist_ok=True)
-    dist.barrier()
-    for name, net in (("generator", g), ("critic", d)):
-        net.save_training_state(folder, name)
-    if rank == 0:
-        torch.save(_weights(g, d), os.path.join(folder, "models.pt"))
-    torch.save(torch.get_rng_state(), os.path.join(folder, f"rng-{rank}.pt"))
-    dist.barrier()
+def _checkpointer(g, d, run: str) -> Checkpointer:
+    return Checkpointer(run, {"generator": g, "critic": d, "rng": PerRank(RNGState())}, keep=1)
 
 
-def _load(g, d, folder: str, rank: int) -> None:
-    weights = torch.load(os.path.join(folder, "models.pt"))
-    g.module.load_state_dict(weights["generator"])
-    d.module.load_state_dict(weights["critic"])
-    for name, net in (("generator", g), ("critic", d)):
-        net.load_training_state(folder, name)
-    rng = os.path.join(folder, f"rng-{rank}.pt")
-    if os.path.exists(rng):
-        torch.set_rng_state(torch.load(rng))
+def _save(g, d, run: str, step: int) -> None:
+    meta = {"step": step, "config": _cfg(2).to_dict(), "spec": {}}
+    _checkpointer(g, d, run).save(step, meta)
+
+
+def _load(g, d, run: str, step: int) -> None:
+    _checkpointer(g, d, run).load(os.path.join(run, "checkpoints", f"step-{step}"))
 
 
 def _train_job(rank: int, out: str) -> dict:
@@ -233,13 +225,13 @@ def _train_job(rank: int, out: str) -> dict:
         g, d = _nets(stage, precision)
         for step in range(2):
             _train_step(g, d, precision, step, rank)
-        _save(g, d, folder, rank)
-        saved = {"critic": _zero_partition(d), "lr": d.lr}
+        _save(g, d, folder, 2)
+        saved = {"critic": _zero_partition(d)}
         uninterrupted = _train_step(g, d, precision, 2, rank)
         expected = _weights(g, d)
         g, d = _nets(stage, precision)
         torch.manual_seed(1)  # anything: _load must restore the RNG state
-        _load(g, d, folder, rank)
+        _load(g, d, folder, 2)
         resumed = _train_step(g, d, precision, 2, rank)
         results[("resume", stage)] = {
             "saved": saved,
@@ -287,10 +279,11 @@ def _zero3_penalty_update(rank: int) -> str:
 def _one_rank_resume_job(rank: int, out: str) -> dict:
     """Resume the 2-rank ZeRO-2 checkpoint on one rank: a world size of 1 holds the whole state."""
     precision = Precision("fp32", "cpu")
-    g, d = _nets(2, precision)
-    _load(g, d, os.path.join(out, "ckpt-zero2"), rank)
-    leftovers = sorted(p for p in os.listdir(out) if p.startswith("."))
-    return {"critic": _zero_partition(d), "lr": d.lr, "leftovers": leftovers}
+    g, d = _nets(2, precision, load_universal=True)
+    _load(g, d, os.path.join(out, "ckpt-zero2"), 2)
+    checkpoints = os.path.join(out, "ckpt-zero2", "checkpoints")
+    leftovers = sorted(p for p in os.listdir(checkpoints) if p.startswith("."))
+    return {"critic": _zero_partition(d), "leftovers": leftovers}
 
 
 def _worker(rank: int, world: int, port: int, out: str, job: str) -> None:
@@ -408,7 +401,7 @@ def test_resume_on_the_same_ranks_is_exact(runs, stage):
 
 @pytest.mark.slow
 def test_zero2_checkpoint_holds_one_partition_per_rank(runs):
-    folder = runs["out"] / "ckpt-zero2"
+    folder = runs["out"] / "ckpt-zero2" / "checkpoints" / "step-2"
     for name in ("generator", "critic"):
         files = sorted(p.name for p in (folder / "zero" / name).iterdir())
         assert files == [
@@ -416,7 +409,8 @@ def test_zero2_checkpoint_holds_one_partition_per_rank(runs):
             "zero_pp_rank_0_mp_rank_00_optim_states.pt",
             "zero_pp_rank_1_mp_rank_00_optim_states.pt",
         ]
-        assert (folder / f"{name}-training.pt").is_file()
+        state = torch.load(folder / f"{name}.pt", weights_only=True)  # the replicated part
+        assert state["zero_stage"] == 2 and state["world_size"] == 2
     rank0, rank1 = (r[("resume", 2)]["saved"]["critic"] for r in runs["ranks"])
     n_critic = sum(p.numel() for p in _models()[1].parameters())
     # Each rank holds about half of the critic's Adam moments, together exactly all of them.
@@ -431,8 +425,6 @@ def test_resume_on_one_rank_reassembles_the_partitions(runs, one_rank):
     for key in ("exp_avg", "exp_avg_sq", "master"):
         assert torch.equal(whole[key], torch.cat([rank0["critic"][key], rank1["critic"][key]])), key
     assert whole["step"] == rank0["critic"]["step"] == 4.0  # 2 steps × n_critic 2 updates
-    cfg = _cfg(2)
-    assert one_rank["lr"] == rank0["lr"] == cfg.optim.d_lr * cfg.optim.lr_decay  # StepLR decayed once
     assert one_rank["leftovers"] == []  # the universal conversion is removed after loading
 
 
@@ -445,13 +437,13 @@ def test_zero3_breaks_the_penalty_measured(runs):
 
 def test_stage3_and_bad_stages_are_refused():
     precision = Precision("fp32", "cpu")
-    from b2b.zero import build_zero_nets
+    from b2b.zero import build_zero_networks
 
     generator, critic = _models()
     with pytest.raises(ConfigError, match=r"zero_stage=3 is not supported.*Use deepspeed.zero_stage=2"):
-        build_zero_nets(_cfg(3), generator, critic, precision, DECAY_EVERY)
+        build_zero_networks(_cfg(3), generator, critic, precision)
     with pytest.raises(ConfigError, match=r"zero_stage=0 is the DDP path"):
-        build_zero_nets(_cfg(0), generator, critic, precision, DECAY_EVERY)
+        build_zero_networks(_cfg(0), generator, critic, precision)
 
 
 def _launcher_env(**extra: str) -> dict:
@@ -467,7 +459,7 @@ def _launcher_env(**extra: str) -> dict:
 
 
 def test_accelerate_deepspeed_config_sets_the_stage_and_leaves_deepspeed_to_b2b():
-    from b2b.zero import take_accelerate_deepspeed_settings
+    from b2b.preflight import take_accelerate_deepspeed_settings
 
     cfg, env = _cfg(0), _launcher_env()
     take_accelerate_deepspeed_settings(cfg, env)
@@ -491,7 +483,7 @@ def test_accelerate_deepspeed_config_sets_the_stage_and_leaves_deepspeed_to_b2b(
     ],
 )
 def test_accelerate_deepspeed_config_errors_name_the_conflict(stage, env, message):
-    from b2b.zero import take_accelerate_deepspeed_settings
+    from b2b.preflight import take_accelerate_deepspeed_settings
 
     with pytest.raises(ConfigError, match=message):
         take_accelerate_deepspeed_settings(_cfg(stage), env)

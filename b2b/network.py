@@ -1,7 +1,8 @@
-"""How one network is trained across ranks: its wrapper, optimizer, scheduler and loss scaling.
+"""A network under training: the module, what its training forwards go through, its optimizer, its
+learning-rate schedule and its loss scaling, saved and restored as one stateful part.
 
-The trainer drives the generator and the critic through the same small interface, :class:`Net`, so the
-plain DDP path (here, through accelerate) and the DeepSpeed ZeRO path (``b2b/zero.py``) share one loop.
+The trainer drives the generator and the critic through the same small interface, :class:`Network`, so
+the plain DDP path (here, through accelerate) and the DeepSpeed ZeRO path (``b2b/zero.py``) share one loop.
 
 Mixed precision is owned here rather than by accelerate: accelerate silently runs ``mixed_precision=fp16``
 in fp32 on a CPU (no autocast, no scaler), which would make the fp16 path untestable on CPU. With our own
@@ -14,11 +15,11 @@ import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn
+
+from b2b import ranks
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
@@ -44,7 +45,21 @@ class Precision:
         return torch.amp.GradScaler(self.device_type, enabled=self.name == "fp16")
 
 
-class Net:
+def step_decay(base_lr: float, epochs: float, decay: float, every: int) -> float:
+    """The learning rate after ``epochs`` epochs of data: ``base_lr * decay ** floor(epochs / every)``.
+
+    A pure function of the data position, so a resumed run follows the current config (and any change of
+    world size or batch size) without schedule state of its own.
+    """
+    return base_lr * decay ** math.floor(epochs / every + 1e-9)
+
+
+def build_optimizer(module: nn.Module, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
+    """The Adam optimizer both paths use (DDP here, ZeRO in b2b/zero.py)."""
+    return torch.optim.Adam(module.parameters(), lr=lr, betas=tuple(betas))
+
+
+class Network:
     """A network under training with DDP (or a single process).
 
     Parameters
@@ -54,8 +69,8 @@ class Net:
         go through DDP (e.g. the critic inside the generator's step, whose gradients are not wanted).
     wrapped : nn.Module
         What forward passes that train this network go through (DDP, or ``module`` itself).
-    optimizer, scheduler
-        Plain torch objects; the scheduler steps once per generator step.
+    optimizer : torch.optim.Optimizer
+        Its learning rate is set by :meth:`set_lr` (the trainer's schedule).
     scaler : torch.amp.GradScaler
         Disabled unless the precision is fp16.
     """
@@ -65,13 +80,11 @@ class Net:
         module: nn.Module,
         wrapped: nn.Module,
         optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
         scaler: torch.amp.GradScaler,
     ):
         self.module = module
         self.wrapped = wrapped
         self.optimizer = optimizer
-        self.scheduler = scheduler
         self.scaler = scaler
         self.skipped_steps = 0
 
@@ -118,6 +131,10 @@ class Net:
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def sync_buffers(self) -> None:
         """Copy rank 0's buffers (BatchNorm statistics) to every rank.
 
@@ -126,36 +143,21 @@ class Net:
         running statistics drift apart; syncing after each step keeps the EMA, snapshots and checkpoints
         independent of which rank they come from.
         """
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            for buffer in self.module.buffers():
-                dist.broadcast(buffer, src=0)
+        for buffer in self.module.buffers():
+            ranks.broadcast(buffer)
 
-    # Checkpoint state. Model weights are saved by the trainer from ``module``; this is the rest.
-    def save_training_state(self, folder: Path, name: str) -> None:
-        """Write optimizer, scheduler and scaler state to ``folder/<name>-training.pt``.
+    # Checkpoint state: identical on every rank under DDP (rank 0 writes it once).
+    def state_dict(self) -> dict:
+        return {
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "skipped_steps": self.skipped_steps,
+        }
 
-        Called on every rank. Under DDP the state is identical on every rank, so rank 0 writes it once;
-        ZeRO (b2b/zero.py) writes one partition per rank instead.
-        """
-        if _rank() == 0:
-            torch.save(
-                {
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(),
-                    "scaler": self.scaler.state_dict(),
-                    "skipped_steps": self.skipped_steps,
-                },
-                folder / f"{name}-training.pt",
-            )
-
-    def load_training_state(self, folder: Path, name: str) -> None:
-        state = torch.load(folder / f"{name}-training.pt", map_location="cpu", weights_only=False)
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
