@@ -7,7 +7,9 @@ flushed to disk, and renamed over its final name; a failed write removes the tem
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +18,10 @@ from typing import Any
 @contextlib.contextmanager
 def temporary_path(path: str | Path) -> Iterator[Path]:
     """A temporary path next to ``path`` to write to; renamed to ``path`` (after an fsync) when the block
-    ends normally, removed when it raises. The temporary name keeps the suffix (numpy, safetensors and
-    PIL pick the format from it) and holds the pid (workers may write concurrently)."""
+    ends normally, removed when it raises. The temporary name is hidden, never ends like a final file
+    (``.train-00001.tar.tmp-<pid>``) and holds the pid (workers may write concurrently)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
@@ -43,13 +45,30 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def save_torch(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to ``path`` atomically."""
+    """``torch.save`` to ``path`` atomically. A full disk raises OSError(ENOSPC), as any other write."""
     import torch
 
     path = Path(path)
     with temporary_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:
+            # torch's zip writer reports a failed write as "unexpected pos ..." with no errno.
+            if shutil.disk_usage(tmp.parent).free < 1 << 20:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp)) from exc
+            raise
     return path
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes (read in blocks), to check a file against a recorded digest."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def fsync_dir(path: str | Path) -> None:

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from b2b import ranks
-from b2b.atomic import fsync_dir, save_torch, write_text
+from b2b.atomic import file_sha256, fsync_dir, save_torch, write_text
 from b2b.config import Config, config_from_dict
 from b2b.errors import CheckpointError
 from b2b.spec import RollSpec
@@ -55,6 +55,7 @@ COMPLETE = "COMPLETE"
 META = "meta.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 ABANDONED = "abandoned"
+ZERO_FILES = "zero"  # DeepSpeed's own partition files, which DeepSpeed loads (b2b/zero.py)
 BEST = "best"
 
 
@@ -199,10 +200,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return latest
 
 
-def step_of(folder: Path) -> int:
-    return int(read_meta(folder)["step"])
-
-
 def read_meta(checkpoint: str | Path) -> dict:
     path = resolve_checkpoint(checkpoint)
     try:
@@ -213,14 +210,6 @@ def read_meta(checkpoint: str | Path) -> dict:
     if not isinstance(meta, dict) or "step" not in meta or "config" not in meta:
         raise CheckpointError(f"{path / META} lacks 'step' or 'config'; the checkpoint is damaged")
     return meta
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify(folder: Path) -> None:
@@ -243,11 +232,13 @@ def verify(folder: Path) -> None:
             raise CheckpointError(f"{path} is missing from checkpoint {folder} (listed in {COMPLETE})")
         if file_sha256(path) != expected:
             raise CheckpointError(f"{path} is damaged: its sha256 differs from the one in {COMPLETE}")
+        if path.suffix == ".pt" and ZERO_FILES not in path.parts:
+            _load(path, mmap=True)  # holds tensors and plain types only (memory-mapped: cheap)
 
 
-def _load(path: Path) -> Any:
+def _load(path: Path, mmap: bool = False) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # torch raises many types on a damaged or foreign file
         raise CheckpointError(f"{path} cannot be loaded safely ({type(exc).__name__}: {exc})") from None
 
@@ -429,7 +420,7 @@ class Checkpointer:
         target = self.root / ABANDONED / time.strftime("%Y%m%d-%H%M%S")
         best = self.root / BEST
         candidates = [path for s, path in complete_checkpoints(self.run_path) if s > step]
-        if best.exists() and is_complete(best) and step_of(best) > step:
+        if best.is_symlink() and _best_step(best) > step:
             candidates.append(best)
         for path in candidates:
             target.mkdir(parents=True, exist_ok=True)
@@ -459,6 +450,12 @@ class Checkpointer:
                 shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
                 gone.append(path)
         return gone
+
+
+def _best_step(best: Path) -> int:
+    """The step of the checkpoint ``best`` links to (from its folder name, ``.best-step-N``)."""
+    match = re.search(r"step-(\d+)$", os.readlink(best))
+    return int(match.group(1)) if match else -1
 
 
 def _link_or_copy(src: str, dst: str) -> None:

@@ -12,7 +12,7 @@ import sys
 from b2b.errors import B2BError
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "shards": ("b2b.shards", "build WebDataset shards from LPD, MIDI or the demo corpus; inspect them"),
+    "shards": ("b2b.shards_cli", "build WebDataset shards from LPD, MIDI or the demo corpus; inspect them"),
     "describe": ("b2b.describe", "print the resolved config, layers, parameter counts and FLOPs"),
     "sample": ("b2b.sample", "generate MIDI, piano-roll PNGs, WAV audio and an HTML gallery"),
     "eval": ("b2b.evaluate", "music metrics of generated and real samples"),

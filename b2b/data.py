@@ -417,11 +417,11 @@ class _BatchStream(IterableDataset):
 # The loader the trainer uses
 
 
-def _init_worker(pids, worker_id: int) -> None:
+def _init_worker(pids, parent: int, worker_id: int) -> None:
     """A DataLoader worker: leave stop signals to the training process (which stops at a step boundary
     and needs its batches until then), die with it, and tell it this pid (for :meth:`TrainLoader.close`)."""
     ignore_stop_signals()
-    die_with_parent()
+    die_with_parent(parent)
     pids[worker_id] = os.getpid()
 
 
@@ -641,7 +641,7 @@ class TrainLoader:
                     # A private generator: the iterator otherwise draws its base seed from the global
                     # torch RNG, so where an epoch starts (fresh or resumed) would shift later draws.
                     generator=torch.Generator(),
-                    worker_init_fn=functools.partial(_init_worker, self._worker_pids),
+                    worker_init_fn=functools.partial(_init_worker, self._worker_pids, os.getpid()),
                 )
             )
         try:

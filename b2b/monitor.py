@@ -170,18 +170,25 @@ class Monitor:
 
     def status(self, state: str, step: int, **extra: object) -> None:
         """Write ``status.json``: running, interrupted, finished or failed, at which step, and why."""
-        if not self.enabled:
-            return
-        text = json.dumps({"state": state, "step": step, "time": time.time(), **extra}) + "\n"
-        try:
-            write_text(self.run_path / "status.json", text)
-        except OSError as exc:  # a full disk must not hide the error that is being reported
-            print(f"b2b train: warning: cannot write {self.run_path / 'status.json'} ({exc})", file=sys.stderr)
+        if self.enabled:
+            write_status(self.run_path, state, step, **extra)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def write_status(run_path: Path, state: str, step: int | None, **extra: object) -> None:
+    """Write ``<run>/status.json`` (an existing run folder only); a failure to write it (a full disk) is
+    reported, never raised, so it cannot hide the error being reported."""
+    if not run_path.is_dir():
+        return
+    text = json.dumps({"state": state, "step": step, "time": time.time(), **extra}) + "\n"
+    try:
+        write_text(run_path / "status.json", text)
+    except OSError as exc:
+        print(f"b2b train: warning: cannot write {run_path / 'status.json'} ({exc})", file=sys.stderr)
 
 
 def _is_number(value: object) -> bool:

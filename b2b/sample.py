@@ -133,8 +133,8 @@ def to_notes(
 
 
 def write_npz(path: Path, **arrays: np.ndarray) -> None:
-    with temporary_path(path) as tmp:
-        np.savez_compressed(tmp, **arrays)
+    with temporary_path(path) as tmp, open(tmp, "wb") as handle:  # a handle: numpy adds no suffix
+        np.savez_compressed(handle, **arrays)
 
 
 def render_samples(

@@ -16,7 +16,6 @@ skips the songs already done; ``manifest.json`` is written last, atomically, and
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import hashlib
 import io
@@ -32,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from b2b.atomic import temporary_path, write_bytes, write_text
-from b2b.codec import ENCODING, SUFFIX, decode_roll, encode_roll
+from b2b.atomic import file_sha256, temporary_path, write_bytes, write_text
+from b2b.codec import ENCODING, SUFFIX, encode_roll
 from b2b.errors import B2BError, ConfigError, DataError
+from b2b.manifest import MANIFEST
 from b2b.sources import (
-    LAYOUTS,
     SongExcluded,
     SongFile,
     SourceError,
@@ -46,11 +45,11 @@ from b2b.sources import (
     read_song,
     song_roll,
 )
-from b2b.spec import RollSpec
+from b2b.stopping import die_with_parent
+from b2b.windows import WindowParams, song_windows
 
 FORMAT = "b2b-shards/1"
 CACHE_VERSION = 1  # bump when the windows a song yields change for the same file and parameters
-MANIFEST = "manifest.json"
 
 # Per-source defaults: MuseGAN's grid for LPD/MIDI; a smaller, overlapping grid for the small demo corpus.
 DEFAULTS = {
@@ -58,16 +57,6 @@ DEFAULTS = {
     "midi": {"n_bars": 4, "steps_per_bar": 48, "lowest_pitch": 24, "n_pitches": 84, "hop_bars": None},
     "demo": {"n_bars": 4, "steps_per_bar": 16, "lowest_pitch": 36, "n_pitches": 48, "hop_bars": 1},
 }
-
-
-@dataclass(frozen=True)
-class WindowParams:
-    """Everything one song's windows depend on (with the file's content)."""
-
-    spec: RollSpec
-    layout: str
-    hop_bars: int
-    min_notes: int
 
 
 @dataclass
@@ -86,57 +75,6 @@ class BuildOptions:
     ids: Path | None = None
     overwrite: bool = False
     progress: bool = True
-
-
-# ---------------------------------------------------------------------------------------------------
-# Windows of one song
-
-
-def window_starts(bars: np.ndarray, n_steps: int, spec: RollSpec, hop_bars: int) -> tuple[np.ndarray, int]:
-    """Where windows start: every ``hop_bars``-th bar start whose ``n_bars`` bars are whole bars of the
-    spec's length and lie inside the song.
-
-    Returns the starts and how many windows inside the song were dropped because their bars are
-    irregular (a pickup, a time signature other than the spec's, a short last bar).
-    """
-    width = spec.n_bars * spec.steps_per_bar
-    index = np.arange(0, bars.size, hop_bars)
-    starts = bars[index]
-    inside = starts + width <= n_steps
-    regular = np.ones(index.size, dtype=bool)
-    for i in range(1, spec.n_bars + 1):
-        k = index + i
-        exists = k < bars.size
-        following = np.where(exists, bars[np.minimum(k, bars.size - 1)], np.iinfo(np.int64).max)
-        if i < spec.n_bars:  # bar i of the window must start exactly i bars in
-            regular &= exists & (following == starts + i * spec.steps_per_bar)
-        else:  # and no bar may start before the window ends
-            regular &= following >= starts + width
-    return starts[inside & regular], int(np.count_nonzero(inside & ~regular))
-
-
-def count_onsets(windows: np.ndarray) -> np.ndarray:
-    """Note onsets per window of ``(N, C, T, P)``: cells on whose previous step (within the window) is off."""
-    previous = np.zeros_like(windows)
-    previous[:, :, 1:] = windows[:, :, :-1]
-    return np.count_nonzero(windows & ~previous, axis=(1, 2, 3))
-
-
-def song_windows(
-    roll: np.ndarray, bars: np.ndarray, params: WindowParams
-) -> tuple[np.ndarray, dict[str, int]]:
-    """Cut a song's grid roll into windows ``(N, C, T, P)``; return them and counts of dropped windows."""
-    spec = params.spec
-    width = spec.n_bars * spec.steps_per_bar
-    starts, irregular = window_starts(bars, roll.shape[1], spec, params.hop_bars)
-    windows = (
-        np.stack([roll[:, s : s + width] for s in starts])
-        if starts.size
-        else np.zeros((0, *spec.shape), bool)
-    )
-    keep = count_onsets(windows) >= params.min_notes
-    stats = {"dropped_min_notes": int(np.count_nonzero(~keep)), "dropped_irregular": irregular}
-    return windows[keep], stats
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -269,14 +207,6 @@ def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
             info.uname = info.gname = ""
             tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class ShardWriter:
@@ -464,7 +394,11 @@ def _results(tasks: list[_Task], workers: int) -> Iterator[SongResult]:
     pending: deque = deque()
     todo = iter(tasks)
     try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        # die_with_parent: a killed build leaves no worker behind (the pool's own clean-up never runs then).
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(
+            workers, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
+        ) as pool:
             for task in todo:
                 pending.append(pool.submit(process_song, task))
                 if len(pending) >= 4 * workers:
@@ -620,231 +554,3 @@ def _nothing_usable(opts, files, skipped, excluded, totals, longest) -> DataErro
         f"{totals['dropped_irregular']} covered bars of another length than {spec.steps_per_bar} steps; "
         f"{sum(excluded.values())} works excluded, {len(skipped)} files skipped)"
     )
-
-
-# ---------------------------------------------------------------------------------------------------
-# Reading shards back (inspect)
-
-
-def read_samples(
-    shards_dir: str | Path, record: dict, shape: tuple[int, ...], limit: int | None = None
-) -> np.ndarray:
-    """Decode the samples of one shard (at most ``limit``) to a bool array ``(N, *shape)``."""
-    rolls = []
-    with tarfile.open(Path(shards_dir) / record["name"]) as tar:
-        for member in tar:
-            if limit is not None and len(rolls) >= limit:
-                break
-            rolls.append(decode_roll(tar.extractfile(member).read(), shape))
-    return np.stack(rolls) if rolls else np.zeros((0, *shape), bool)
-
-
-def verify_shards(shards_dir: str | Path, manifest: dict) -> list[str]:
-    """Problems found in the shards listed by ``manifest`` (empty when every file, hash and sample checks)."""
-    problems = []
-    shape = tuple(manifest["shape"])
-    for record in manifest["shards"]:
-        path = Path(shards_dir) / record["name"]
-        if not path.is_file():
-            problems.append(f"{record['name']}: missing")
-            continue
-        if file_sha256(path) != record["sha256"]:
-            problems.append(f"{record['name']}: sha256 differs from the manifest (changed or damaged)")
-            continue
-        try:
-            with tarfile.open(path) as tar:
-                members = [m for m in tar if m.isfile()]
-                for m in members:
-                    decode_roll(tar.extractfile(m).read(), shape)
-        except (tarfile.TarError, ValueError) as exc:
-            problems.append(f"{record['name']}: {exc}")
-            continue
-        if len(members) != record["n"]:
-            problems.append(
-                f"{record['name']}: holds {len(members)} samples, the manifest says {record['n']}"
-            )
-    return problems
-
-
-def summary(shards_dir: str | Path, manifest: dict) -> str:
-    """A human-readable summary of a shards folder."""
-    spec = RollSpec.from_dict(manifest["spec"])
-    counts = Counter(r["split"] for r in manifest["shards"])
-    source = manifest.get("source", {})
-    low, high = spec.lowest_pitch, spec.lowest_pitch + spec.n_pitches - 1
-    songs = f"{source.get('n_songs')} songs used of {source.get('n_files')} files"
-    lines = [
-        f"shards: {shards_dir} ({manifest.get('format')}, {manifest.get('encoding')})",
-        f"shape: {manifest['shape']} [tracks, time, pitch]; {spec.n_bars} bars x {spec.steps_per_bar} "
-        f"steps ({spec.steps_per_beat} per beat), MIDI pitches {low}..{high}",
-        f"tracks: {', '.join(t.name for t in spec.tracks)}",
-        f"source: {source.get('kind')} {source.get('input')} ({songs}; "
-        f"{source.get('n_songs_train')} train, {source.get('n_songs_val')} val)",
-        f"params: {json.dumps(manifest.get('params', {}))}",
-        f"samples: {manifest['n_train']} train in {counts['train']} shards, "
-        f"{manifest['n_val']} val in {counts['val']} shards",
-        f"bytes per sample: {manifest.get('bytes_per_sample')} in shards, "
-        f"{manifest.get('source_bytes_per_sample')} in the source files",
-        f"dropped windows: {source.get('windows_dropped_min_notes')} below --min-notes, "
-        f"{source.get('windows_dropped_irregular_bars')} over irregular bars; "
-        f"excluded works: {source.get('excluded')}",
-        f"content hash: {manifest.get('content_hash')}",
-        f"skipped files: {len(manifest.get('skipped', []))}",
-    ]
-    lines += [f"  {s['path']}: {s['reason']}" for s in manifest.get("skipped", [])[:10]]
-    if len(manifest.get("skipped", [])) > 10:
-        lines.append(f"  ... and {len(manifest['skipped']) - 10} more (see {MANIFEST})")
-    return "\n".join(lines)
-
-
-def inspect_shards(
-    shards_dir: str | Path,
-    n: int = 8,
-    split: str = "train",
-    png: str | Path | None = None,
-    verify: bool = False,
-) -> tuple[str, Path | None]:
-    """Summarise a shards folder, render its first ``n`` samples of ``split`` to a PNG; return both.
-
-    With ``verify``, check every shard's hash and samples and raise DataError listing the problems.
-    """
-    from b2b.manifest import read_manifest
-    from b2b.render import save_roll_grid
-
-    shards_dir = Path(shards_dir)
-    manifest = read_manifest(shards_dir)
-    text = summary(shards_dir, manifest)
-    if verify:
-        problems = verify_shards(shards_dir, manifest)
-        if problems:
-            raise DataError(f"{len(problems)} problem(s) in {shards_dir}: " + "; ".join(problems))
-        n_shards = len(manifest["shards"])
-        text += f"\nverified: {n_shards} shards match their sha256 and decode to {manifest['shape']}"
-    records = [r for r in manifest["shards"] if r["split"] == split]
-    if not records or n < 1:
-        return text, None
-    spec = RollSpec.from_dict(manifest["spec"])
-    rolls = read_samples(shards_dir, records[0], spec.shape, limit=n)
-    path = Path(png) if png is not None else shards_dir / f"inspect-{split}.png"
-    save_roll_grid(
-        rolls,
-        spec,
-        path,
-        title=f"{shards_dir.name}: first {len(rolls)} {split} samples of {records[0]['name']}",
-    )
-    return text, path
-
-
-# ---------------------------------------------------------------------------------------------------
-# Command line
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    build = actions.add_parser(
-        "build", help="build shards from LPD .npz files, MIDI files or the demo corpus"
-    )
-    build.add_argument(
-        "--source",
-        choices=list(DEFAULTS),
-        default="demo",
-        help="lpd: LPD .npz files; midi: .mid/.midi files; demo: music21's Bach chorales (default)",
-    )
-    build.add_argument(
-        "--input", type=Path, help="folder of source files (searched recursively); lpd and midi"
-    )
-    build.add_argument("--output", type=Path, help="shards folder (default: shards/<source>)")
-    build.add_argument(
-        "--tracks",
-        choices=["lpd17", "lpd5"],
-        help="track layout for lpd/midi (default lpd17; LPD-17 input merges down to lpd5 as LPD does)",
-    )
-    build.add_argument("--ids", type=Path, help="keep only songs whose MSD id is listed in this file")
-    build.add_argument("--limit", type=int, help="use only the first N source files (sorted by path)")
-    grid = build.add_argument_group(
-        "window (defaults: MuseGAN's 4 x 48 x 84 from pitch 24; demo: 4 x 16 x 48 from 36)"
-    )
-    grid.add_argument("--n-bars", type=int, help="bars per sample")
-    grid.add_argument("--steps-per-bar", type=int, help="time steps per 4/4 bar (LPD has 96)")
-    grid.add_argument("--lowest-pitch", type=int, help="MIDI pitch of the lowest row")
-    grid.add_argument("--n-pitches", type=int, help="number of pitch rows")
-    grid.add_argument("--hop-bars", type=int, help="bars between window starts (default: n_bars; demo: 1)")
-    grid.add_argument(
-        "--min-notes",
-        type=int,
-        default=1,
-        help="drop windows with fewer note onsets than this (default 1: drop empty windows)",
-    )
-    build.add_argument("--val-fraction", type=float, default=0.05, help="fraction of songs for validation")
-    build.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
-    build.add_argument("--seed", type=int, default=0, help="seeds the split and the song order")
-    build.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
-    build.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace shards in --output that were built with other options",
-    )
-    build.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-    insp = actions.add_parser("inspect", help="summarise a shards folder and render a few samples as a PNG")
-    insp.add_argument("dir", type=Path, help="shards folder (holds manifest.json)")
-    insp.add_argument("--n", type=int, default=8, help="samples to render (0: none)")
-    insp.add_argument("--split", choices=["train", "val"], default="train")
-    insp.add_argument("--png", type=Path, help="image path (default: DIR/inspect-<split>.png)")
-    insp.add_argument(
-        "--verify", action="store_true", help="check every shard's sha256 and decode every sample"
-    )
-
-
-def options_from_args(args: argparse.Namespace) -> BuildOptions:
-    """Resolve per-source defaults into :class:`BuildOptions`."""
-    d = DEFAULTS[args.source]
-
-    def pick(name: str):
-        value = getattr(args, name)
-        return d[name] if value is None else value
-
-    if args.source == "demo" and args.tracks is not None:
-        raise ConfigError("--tracks applies to --source lpd and midi; the demo's tracks are its four voices")
-    layout = "chorale" if args.source == "demo" else (args.tracks or "lpd17")
-    n_bars = pick("n_bars")
-    spec = RollSpec(
-        tracks=LAYOUTS[layout],
-        n_bars=n_bars,
-        steps_per_bar=pick("steps_per_bar"),
-        n_pitches=pick("n_pitches"),
-        lowest_pitch=pick("lowest_pitch"),
-    )
-    hop = args.hop_bars if args.hop_bars is not None else (d["hop_bars"] or n_bars)
-    return BuildOptions(
-        source=args.source,
-        output=args.output or Path("shards") / args.source,
-        params=WindowParams(spec, layout, hop, args.min_notes),
-        input=args.input,
-        val_fraction=args.val_fraction,
-        shard_size=args.shard_size,
-        seed=args.seed,
-        workers=args.workers,
-        limit=args.limit,
-        ids=args.ids,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.action == "inspect":
-        text, png = inspect_shards(args.dir, n=args.n, split=args.split, png=args.png, verify=args.verify)
-        print(text)
-        if png is not None:
-            print(f"samples rendered to {png}")
-        return 0
-    opts = options_from_args(args)
-    report = build_shards(opts)
-    manifest = report.manifest
-    print(
-        f"wrote {opts.output}: {manifest['n_train']} train + {manifest['n_val']} val samples of shape "
-        f"{manifest['shape']} in {len(manifest['shards'])} shards ({report.reused} already complete), "
-        f"{manifest['bytes_per_sample']} bytes/sample; {len(manifest['skipped'])} files skipped"
-    )
-    return 0

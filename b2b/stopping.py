@@ -33,10 +33,12 @@ def ignore_stop_signals() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def die_with_parent() -> None:
-    """Linux: have the kernel kill this process (SIGKILL) when its parent dies, so no worker outlives a
-    training process or shard build that was killed (elsewhere: a no-op)."""
+def die_with_parent(parent: int) -> None:
+    """Linux: have the kernel kill this process (SIGKILL) when its parent, pid ``parent``, dies, so no
+    worker outlives a training process or shard build that was killed; if it is already gone (killed
+    while this worker was starting), exit now. Elsewhere: a no-op."""
     import ctypes
+    import os
     import sys
 
     if not sys.platform.startswith("linux"):
@@ -45,4 +47,6 @@ def die_with_parent() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG = 1
     except (OSError, AttributeError):
-        pass
+        return
+    if os.getppid() != parent:
+        os._exit(1)

@@ -41,6 +41,7 @@ from b2b.checkpoint import (
     WeightsDigest,
     check_compatible,
     choose_resume,
+    complete_checkpoints,
     latest_checkpoint,
     read_meta,
     resolve_checkpoint,
@@ -50,11 +51,11 @@ from b2b.data import TrainLoader, cell_density
 from b2b.errors import B2BError, DataError
 from b2b.losses import critic_loss, generator_loss
 from b2b.models import Generator, binarize, build_models, recalibrate_batchnorm, update_ema
-from b2b.monitor import Monitor, is_better
+from b2b.monitor import Monitor, is_better, write_status
 from b2b.network import Network, Precision, build_optimizer, step_decay
 from b2b.preflight import take_accelerate_deepspeed_settings, validate_for_training
 from b2b.reference import RealReference
-from b2b.runlock import RunLock
+from b2b.runlock import RunInUse, RunLock
 from b2b.spec import RollSpec
 from b2b.stopping import StopFlag
 from b2b.trackers import flat_config, tracker_settings
@@ -259,8 +260,8 @@ class Trainer:
         self.checkpointer.load(source)
         step = self.progress.step
         if ranks.rank() == 0:
-            latest = latest_checkpoint(self.run_path)
-            if latest is not None and int(read_meta(latest)["step"]) > step:
+            later = [s for s, _ in complete_checkpoints(self.run_path) if s > step]
+            if later:
                 moved = self.checkpointer.abandon_after(step)
                 names = ", ".join(p.name for p in moved)
                 print(
@@ -564,22 +565,32 @@ def run(args: argparse.Namespace) -> int:
     try:
         trainer = Trainer(cfg, manifest)
         return trainer.run()
-    except B2BError as exc:  # a non-finite loss, a bad checkpoint or shard, a refused setting, a busy run
+    except RunInUse as exc:  # another trainer holds the run folder: refused, like a bad config
         print(f"b2b train: error: {exc}", file=sys.stderr)
-        if trainer is not None:
-            trainer.monitor.status("failed", trainer.progress.step, error=str(exc))
-        return 2 if trainer is None else 1
+        return 2
+    except B2BError as exc:  # a non-finite loss, a bad checkpoint or shard, a refused setting
+        print(f"b2b train: error: {exc}", file=sys.stderr)
+        _failed(cfg, trainer, str(exc))
+        return 1
     except BaseException as exc:  # unexpected: keep the traceback, but leave a truthful status behind
-        if trainer is not None and hasattr(trainer, "monitor"):
-            trainer.monitor.status("failed", trainer.progress.step, error=repr(exc))
+        _failed(cfg, trainer, repr(exc))
         raise
     finally:
         if trainer is not None:
             trainer.close()
-        if created and cfg.run_path.is_dir() and not any(p.name != ".lock" for p in cfg.run_path.iterdir()):
+        leftovers = {".lock", "status.json"}  # all a start that failed before training wrote
+        folder = cfg.run_path
+        if created and ranks.rank() == 0 and folder.is_dir() and all(p.name in leftovers for p in folder.iterdir()):
             import shutil
 
             shutil.rmtree(cfg.run_path, ignore_errors=True)  # a failed start leaves no empty run folder
+
+
+def _failed(cfg: Config, trainer: Trainer | None, error: str) -> None:
+    """status.json says the run failed, and why (rank 0; also when it failed while starting)."""
+    if ranks.rank() == 0:
+        step = trainer.progress.step if trainer is not None else None
+        write_status(cfg.run_path, "failed", step, error=error)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,8 @@ from lpd_fixtures import BAR, msd_id, notes_to_midi, rasterize, song_notes, writ
 
 from b2b.cli import main
 from b2b.codec import decode_roll, encode_roll
-from b2b.shards import WindowParams, assign_splits, count_onsets, song_windows, tar_bytes, window_starts
+from b2b.shards import assign_splits, tar_bytes
+from b2b.windows import WindowParams, count_onsets, song_windows, window_starts
 from b2b.spec import CHORALE_TRACKS, LPD17_TRACKS, RollSpec
 
 N_SONGS = 12  # songs of 5..12 bars; song i has song_notes(i) (seed 0)
@@ -330,7 +331,7 @@ def test_midi_build_maps_programs_to_lpd5(tmp_path, capsys):
     assert sorted(np.packbits(r).tobytes() for r in shard_samples(out)) == want
 
 
-def test_demo_build_and_inspect(tmp_path, capsys):
+def test_demo_build_and_inspect(tmp_path, capsys, monkeypatch):
     out = tmp_path / "demo"
     assert build("--source", "demo", "--limit", 10, "--output", out, "--workers", 1) == 0
     manifest = json.loads((out / "manifest.json").read_text())
@@ -342,13 +343,16 @@ def test_demo_build_and_inspect(tmp_path, capsys):
     soprano, bass = (np.argwhere(rolls[:, c])[:, 2].mean() for c in (0, 3))
     assert soprano > bass + 12  # voices in SATB order: the soprano sits over an octave above the bass
     capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
     assert main(["shards", "inspect", str(out), "--n", "4", "--verify"]) == 0
     text = capsys.readouterr().out
     assert f"samples: {manifest['n_train']} train in" in text and manifest["content_hash"] in text
-    assert "verified: " in text and str(out / "inspect-train.png") in text
+    # The picture goes to the working folder, never into the data folder.
+    assert "verified: " in text and "samples rendered to demo-train.png" in text
+    assert not list(out.glob("*.png"))
     import matplotlib.image
 
-    image = matplotlib.image.imread(out / "inspect-train.png")
+    image = matplotlib.image.imread(tmp_path / "demo-train.png")
     assert image.shape[0] > 200 and image.shape[1] > 400 and image[..., :3].min() < 0.5
 
 

@@ -180,6 +180,12 @@ def test_dry_run_prints_the_sbatch_script(
         (["data.shards=/nonexistent/shards"], "no shards at '/nonexistent/shards'"),
         (["--nodes", "0"], "--nodes 0: must be at least 1"),
         (["--time", "1", "--signal-delay", "90"], "--signal-delay 90 s must be shorter than --time 1 min"),
+        # Nothing a user types can add a line to the sbatch script (a shell line would run).
+        (["name=x\ntouch /tmp/pwned"], "name: 'x\\ntouch /tmp/pwned' is not a safe folder name"),
+        (["name=.."], "name: '..' is not a safe folder name"),
+        (["--partition", "gpu\n#SBATCH --uid=0"], "--partition 'gpu\\n#SBATCH --uid=0': not a Slurm partition"),
+        (["--account", "a b"], "--account 'a b': not a Slurm account"),
+        (["--constraint", "a100'"], "--constraint \"a100'\": not a Slurm constraint"),
     ],
 )
 def test_bad_config_or_numbers_are_refused_before_slurm(
@@ -190,6 +196,16 @@ def test_bad_config_or_numbers_are_refused_before_slurm(
     err = capsys.readouterr().err
     assert err.startswith("submit: error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_one_private_submitit_call_still_renders_an_sbatch_script(tmp_path: Path) -> None:
+    """submit.sbatch_script uses submitit's private _make_submission_file_text (it has no public way to
+    render the script without submitting): an upgrade that renames or changes it fails here."""
+    executor = submit._OfflineSlurmExecutor(tmp_path / "%j", max_num_timeout=1)
+    executor.update_parameters(job_name="check", nodes=1, ntasks_per_node=1, time=5)
+    script = submit.sbatch_script(executor)
+    assert script.startswith("#!/bin/bash") and "#SBATCH --job-name=check" in script
+    assert "-m submitit.core._submit" in script
 
 
 # ---------------------------------------------------------------------------------------------------
