@@ -397,6 +397,7 @@ class Checkpointer:
         Per-rank parts are restored only on the world size they were saved with (on another, each rank
         keeps its fresh streams).
         """
+        folder = Path(folder)
         meta = read_meta(folder)
         same_world = meta.get("world_size") == ranks.world_size()
         for name, part in self._replicated().items():

@@ -223,6 +223,7 @@ def _critic_channels(width: int) -> list[int]:
 
 
 OUTPUTS = ("sigmoid", "binary_det", "binary_stoch")
+SILENT_MARGIN = 12.0  # logits below the threshold where the data has no note (init_output_bias)
 
 
 def binarize(
@@ -332,7 +333,7 @@ class Generator(nn.Module):
         return straight_through(probs, self.output, self.threshold)
 
     @torch.no_grad()
-    def init_output_bias(self, density: np.ndarray, n_latents: int = 256, floor: float = 1e-4) -> None:
+    def init_output_bias(self, density: np.ndarray, n_latents: int = 256, floor: float = 1e-6) -> None:
         """Start each track (or each track's pitch, with a pitch bias) at its share of on-cells in the data.
 
         ``density`` is ``(tracks, pitch)``: the share of steps each pitch of each track is on. Without a
@@ -342,7 +343,7 @@ class Generator(nn.Module):
         density. ``binary_det``: the bias is calibrated so that the share of cells whose probability reaches
         ``threshold`` equals the density, on ``n_latents`` fixed latents (a cell starts at probability 0.5
         otherwise: half the cells on, or with logit(density) none). Where the data has no note at all, every
-        logit starts 4 below the threshold. Densities are clipped to ``[floor, 1 - floor]``. The
+        logit starts :data:`SILENT_MARGIN` below the threshold. Densities are clipped to ``[floor, 1 - floor]``. The
         generator's state is otherwise unchanged (BatchNorm statistics included).
         """
         density = torch.as_tensor(np.asarray(density), dtype=torch.float64)
@@ -370,7 +371,9 @@ class Generator(nn.Module):
             ordered = rows.sort(dim=2).values
             k = ((1 - clipped) * (ordered.shape[2] - 1)).round().long().clamp(0, ordered.shape[2] - 1)
             cut = ordered.gather(2, k[..., None])[..., 0]
-            cut = torch.where(silent, ordered[..., -1] + 4.0, cut)  # no note where the data has none
+            # Where the data has no note, start far below the threshold: the shared layers' features grow in
+            # training, and a margin of a few logits was seen to let stray notes into silent tracks.
+            cut = torch.where(silent, ordered[..., -1] + SILENT_MARGIN, cut)
             target = math.log(self.threshold / (1 - self.threshold)) if 0 < self.threshold < 1 else 0.0
             bias = target - cut
         if self.pitch_bias is None:

@@ -24,6 +24,16 @@ from b2b import ranks
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
+def resolve_precision(name: str, device: torch.device) -> tuple[str, str]:
+    """The precision ``train.precision`` means on ``device``, and why: ``auto`` is bf16 on a CUDA GPU with
+    bf16 support, else fp32 (on CPUs without bf16 units bf16 autocast runs several times slower)."""
+    if name != "auto":
+        return name, "as configured"
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16", "auto: this GPU has bf16"
+    return "fp32", f"auto: no bf16 GPU ({device.type})"
+
+
 @dataclass
 class Precision:
     """Autocast settings for forward passes; the gradient penalty always runs in fp32 (b2b.losses)."""

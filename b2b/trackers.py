@@ -37,17 +37,22 @@ def _wandb_has_credentials() -> bool:
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
 
 
-def tracker_settings(cfg: Config, run_path: Path) -> tuple[str | None, dict]:
-    """``(log_with, init_kwargs)`` for ``Accelerator``/``init_trackers``; W&B falls back to offline mode
-    when no API key is configured (runs can be synced later with ``wandb sync``)."""
+def tracker_kind(cfg: Config) -> str | None:
+    """``log_with`` for the ``Accelerator`` (every rank); W&B falls back to offline mode when no API key
+    is configured (runs can be synced later with ``wandb sync``)."""
     if cfg.log.tracker == "wandb":
         if "WANDB_MODE" not in os.environ and not _wandb_has_credentials():
             os.environ["WANDB_MODE"] = "offline"
-        init = {"id": wandb_run_id(run_path), "resume": "allow", "name": cfg.name, "dir": str(run_path)}
-        return "wandb", {"wandb": init}
-    if cfg.log.tracker == "tensorboard":
-        return "tensorboard", {}
-    return None, {}
+        return "wandb"
+    return None if cfg.log.tracker == "none" else cfg.log.tracker
+
+
+def tracker_init_kwargs(cfg: Config, run_path: Path) -> dict:
+    """``init_kwargs`` for ``init_trackers`` (rank 0, in the run folder it holds): W&B continues the run
+    folder's W&B run across resumes."""
+    if cfg.log.tracker != "wandb":
+        return {}
+    return {"wandb": {"id": wandb_run_id(run_path), "resume": "allow", "name": cfg.name, "dir": str(run_path)}}
 
 
 def flatten(value: object, prefix: str = "", sep: str = "/") -> dict[str, Any]:

@@ -52,13 +52,13 @@ from b2b.errors import B2BError, DataError
 from b2b.losses import critic_loss, generator_loss
 from b2b.models import Generator, binarize, build_models, recalibrate_batchnorm, update_ema
 from b2b.monitor import Monitor, is_better, write_status
-from b2b.network import Network, Precision, build_optimizer, step_decay
+from b2b.network import Network, Precision, build_optimizer, resolve_precision, step_decay
 from b2b.preflight import take_accelerate_deepspeed_settings, validate_for_training
 from b2b.reference import RealReference
 from b2b.runlock import RunInUse, RunLock
 from b2b.spec import RollSpec
 from b2b.stopping import StopFlag
-from b2b.trackers import flat_config, tracker_settings
+from b2b.trackers import flat_config, tracker_init_kwargs, tracker_kind
 
 # accelerate passes DDP `broadcast_buffers`, which torch 2.13 renamed; the behaviour asked for is unchanged.
 warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
@@ -110,6 +110,7 @@ class Trainer:
     accelerator: object
     device: torch.device
     precision: Precision
+    precision_reason: str
     stop: StopFlag
     lock: RunLock | None
     loader: TrainLoader
@@ -135,7 +136,7 @@ class Trainer:
         from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
         self.cfg, self.spec, self.run_path = cfg, RollSpec.from_dict(manifest["spec"]), cfg.run_path
-        log_with, tracker_init = tracker_settings(cfg, self.run_path)
+        log_with = tracker_kind(cfg)
         self.accelerator = Accelerator(
             # Without cpu=True accelerate gives every rank of a launch on a machine with no accelerator
             # its own world of one (DistributedType.NO) instead of gloo; this is device selection only.
@@ -152,7 +153,8 @@ class Trainer:
             ],
         )
         self.device = self.accelerator.device
-        self.precision = Precision(cfg.train.precision, self.device.type)
+        name, self.precision_reason = resolve_precision(cfg.train.precision, self.device)
+        self.precision = Precision(name, self.device.type)
         self.stop = StopFlag()
         self.stop.install()
         self.lock = RunLock(self.run_path) if ranks.rank() == 0 else None
@@ -216,8 +218,9 @@ class Trainer:
         self.monitor = Monitor(
             cfg, self.run_path, self.accelerator, self.total_steps, self.progress.step, ranks.rank() == 0
         )
-        if log_with is not None:
-            self.accelerator.init_trackers(cfg.log.project, config=flat_config(cfg), init_kwargs=tracker_init)
+        if log_with is not None and ranks.rank() == 0:
+            kwargs = tracker_init_kwargs(cfg, self.run_path)
+            self.accelerator.init_trackers(cfg.log.project, config=flat_config(cfg), init_kwargs=kwargs)
         self.fixed_latents = torch.randn(
             cfg.log.n_snapshot, cfg.model.latent_dim, generator=torch.Generator().manual_seed(cfg.train.seed)
         )
@@ -436,7 +439,8 @@ class Trainer:
             cfg.dump(self.run_path / "config.yaml")
             batch = cfg.data.batch_size * ranks.world_size() * cfg.train.grad_accum
             self.monitor.message(
-                f"b2b: {ranks.world_size()} rank(s) on {self.device.type}, precision {cfg.train.precision}, "
+                f"b2b: {ranks.world_size()} rank(s) on {self.device.type}, precision {self.precision.name} "
+                f"({self.precision_reason}), "
                 f"global batch {batch} = {cfg.data.batch_size} per device × {ranks.world_size()} ranks × "
                 f"{cfg.train.grad_accum} accumulation; {self.steps_per_epoch} steps per epoch, "
                 f"{self.total_steps} steps; run folder {self.run_path}"

@@ -292,13 +292,47 @@ def test_the_critic_sees_what_the_output_makes(output):
 
 
 def test_output_bias_starts_each_track_at_its_density():
-    g = Generator(DEMO, latent_dim=8, width=2)
-    g.init_output_bias([0.02, 0.5, 0.0, 1.0])
-    bias = g.net[-1][0].bias
-    expected = [math.log(0.02 / 0.98), 0.0, math.log(1e-4 / (1 - 1e-4)), math.log((1 - 1e-4) / 1e-4)]
-    assert bias.tolist() == pytest.approx(expected, rel=1e-6)  # silent and full tracks clipped to 1e-4
-    with pytest.raises(ValueError, match="density has 3 tracks, the generator 4"):
-        g.init_output_bias([0.1, 0.1, 0.1])
+    import numpy as np
+
+    density = np.zeros((4, 48))
+    density[0, :] = 0.02  # per track means: 0.02, 0.5, 0 (silent), 1 (always on)
+    density[1, :24] = 1.0
+    density[3, :] = 1.0
+    g = Generator(DEMO, latent_dim=8, width=2)  # sigmoid output, no pitch bias: logit of each track's mean
+    g.init_output_bias(density)
+    floor = 1e-6
+    expected = [math.log(0.02 / 0.98), 0.0, math.log(floor / (1 - floor)), math.log((1 - floor) / floor)]
+    assert g.net[-1][0].bias.tolist() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match=r"density has shape \(3, 48\), the generator's output \(4, 48\)"):
+        g.init_output_bias(density[:3])
+
+
+def test_calibrated_pitch_bias_starts_every_cell_at_its_share_of_notes():
+    import numpy as np
+
+    from b2b.models import SILENT_MARGIN
+
+    density = np.zeros((4, 48))
+    density[0, 20:30] = 0.02  # a voice's range
+    density[1, 10:20] = 0.1
+    density[3, 5] = 0.5
+    torch.manual_seed(0)
+    g = Generator(DEMO, latent_dim=8, width=4, output="binary_det", threshold=0.5, pitch_bias=True)
+    state = {k: v.clone() for k, v in g.state_dict().items()}
+    g.init_output_bias(density)
+    # Only the output bias changed (the calibration ran on a copy: BatchNorm statistics untouched).
+    changed = [k for k, v in g.state_dict().items() if not torch.equal(v, state[k])]
+    assert changed == ["pitch_bias", "net.6.0.bias"] or sorted(changed) == ["net.6.0.bias", "pitch_bias"]
+    z = torch.randn(256, 8, generator=torch.Generator().manual_seed(0))  # the calibration's latents
+    with torch.no_grad():
+        share = g.train()(z).mean(dim=(0, 2)).numpy()  # (tracks, pitch): share of notes per cell
+        logits = g.logits(z)
+    assert share[0, 20:30] == pytest.approx(np.full(10, 0.02), abs=0.002)
+    assert share[1, 10:20] == pytest.approx(np.full(10, 0.1), abs=0.005)
+    assert share[3, 5] == pytest.approx(0.5, abs=0.01)
+    # Where the data has no note, no logit comes within SILENT_MARGIN of the threshold.
+    silent = torch.from_numpy(density == 0)[None, :, None, :].expand_as(logits)
+    assert logits[silent].max().item() <= -SILENT_MARGIN + 1e-4
 
 
 def test_minibatch_std_by_hand_and_groups():

@@ -265,11 +265,18 @@ def test_eval_samples_against_real_shards(setup, samples, capsys):
     assert report["real_source"]["split"] == "val" and real["n_samples"] == 5
     assert real["tracks"]["Piano"] == {
         "EB": 0.5,
+        "density": 8 / (32 * 24),  # 8 steps of one pitch in a 32 × 24 roll
         "UPC": 1.0,
         "QN": 1.0,
+        "mono": 1.0,
         "pitches_used": 1.0,
         "polyphony": 1.0,
     }
+    # The five real samples are one roll five times: no diversity; the generated set's is measured too.
+    assert real["diversity"] == 0.0 and report["diversity_ratio"] is None
+    assert report["copies"] == {"identical": 0.0, "near": 0.0}  # untrained samples copy nothing
+    assert report["real_copies"] == {"identical": 1.0, "near": 1.0}  # val rolls equal the train rolls
+    assert "copies of training samples: 0.0% identical" in printed and "real held-out samples: 100.0%" in printed
     assert real["tracks"]["Drums"]["DP"] == 1.0 and real["tracks"]["Drums"]["EB"] == 0.0
     assert real["tracks"]["Bass"]["EB"] == 1.0 and real["TD"]["Piano-Bass"] is None
     rolls = np.stack([_roll(samples / f"sample-{i:03d}.npz") for i in range(N)])
