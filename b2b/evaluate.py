@@ -238,9 +238,9 @@ def _default_out(args: argparse.Namespace, data: str) -> Path:
     if args.samples:
         return Path(args.samples)
     if args.real_only:
-        return Path(data) / "real-stats"
+        return Path(f"{Path(data).resolve().name}-real-stats")  # beside the user, not in the data folder
     path = Path(args.checkpoint)
-    if path.suffix == ".safetensors":
+    if path.is_file():  # an export
         return path.with_name(f"{path.stem}-eval")
     from b2b.checkpoint import resolve_checkpoint
 

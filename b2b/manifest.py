@@ -13,19 +13,31 @@ from pathlib import Path
 from b2b.errors import DataError
 
 MANIFEST = "manifest.json"
-BUILD_HINT = (
-    "build them with `b2b shards build --source midi --input MIDI_FOLDER --output {shards}` (your MIDI "
-    "files), `--source lpd --input lpd_17/lpd_17_cleansed` (the Lakh Pianoroll Dataset, "
-    "https://salu133445.github.io/lakh-pianoroll-dataset/), or `--source demo` (Bach chorales)"
-)
+LPD_URL = "https://salu133445.github.io/lakh-pianoroll-dataset/"
+
+
+def build_hint(shards: str | Path) -> str:
+    """How to build the shards a config names: the demo corpus for a demo folder, else LPD or MIDI."""
+    name = Path(shards).name.lower()
+    if "demo" in name or "chorale" in name:
+        return f"build them with `b2b shards build --source demo --output {shards}` (Bach chorales, no download)"
+    if "lpd" in name:
+        tracks = "lpd5" if "lpd5" in name else "lpd17"
+        return (
+            f"build them from the Lakh Pianoroll Dataset ({LPD_URL}; download lpd_17_cleansed), e.g. "
+            f"`b2b shards build --source lpd --input lpd_17/lpd_17_cleansed --tracks {tracks} --output {shards}`"
+        )
+    return (
+        f"build them from your MIDI files with `b2b shards build --source midi --input MIDI_FOLDER --output "
+        f"{shards}`, or from the Lakh Pianoroll Dataset ({LPD_URL}) with `--source lpd`"
+    )
 
 
 def read_manifest(shards: str | Path) -> dict:
     """Read ``<shards>/manifest.json`` or raise a DataError that says how to build it."""
     path = Path(shards) / MANIFEST
     if not path.is_file():
-        hint = BUILD_HINT.format(shards=shards)
-        raise DataError(f"no shards at {str(shards)!r}: {path} does not exist; {hint}")
+        raise DataError(f"no shards at {str(shards)!r}: {path} does not exist; {build_hint(shards)}")
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

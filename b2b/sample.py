@@ -369,7 +369,7 @@ def run(args: argparse.Namespace) -> int:
 def _step_of(checkpoint: str | Path) -> int | None:
     """The training step of a checkpoint folder, run folder or export, when recorded."""
     path = Path(checkpoint)
-    if path.suffix == ".safetensors":
+    if path.is_file():  # an export, whatever its name
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as handle:

@@ -24,6 +24,7 @@ import os
 import shutil
 import sys
 import tarfile
+import warnings
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ from b2b.stopping import die_with_parent
 from b2b.windows import WindowParams, song_windows
 
 FORMAT = "b2b-shards/1"
-CACHE_VERSION = 1  # bump when the windows a song yields change for the same file and parameters
+CACHE_VERSION = 2  # bump when the windows a song yields change for the same file and parameters
 
 # Per-source defaults: MuseGAN's grid for LPD/MIDI; a smaller, overlapping grid for the small demo corpus.
 DEFAULTS = {
@@ -102,6 +103,7 @@ class SongResult:
     dropped_irregular: int = 0
     error: str | None = None  # unreadable: listed in the manifest's `skipped`
     excluded: str | None = None  # readable but left out on purpose (demo works not in 4 voices / 4/4)
+    warnings: list[str] = field(default_factory=list)  # what the reader (pretty_midi) warned about
 
 
 def _cache_key(task: _Task, file_sha: str) -> str:
@@ -109,7 +111,7 @@ def _cache_key(task: _Task, file_sha: str) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
 
 
-_META = ("n_steps", "source_bytes", "dropped_min_notes", "dropped_irregular", "error", "excluded")
+_META = ("n_steps", "source_bytes", "dropped_min_notes", "dropped_irregular", "error", "excluded", "warnings")
 
 
 def _save_cached(path: Path, result: SongResult) -> None:
@@ -148,7 +150,12 @@ def process_song(task: _Task) -> SongResult:
             return cached
     result = SongResult(task.rel, source_bytes=len(data))
     try:
-        song = read_song(task.kind, data)
+        # A reader's warnings (pretty_midi: "Tempo, Key or Time signature change events found on non-zero
+        # tracks") are kept and printed with the file's name by the main process.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            song = read_song(task.kind, data)
+        result.warnings = sorted({str(w.message) for w in caught})
         roll, bars = song_roll(song, task.params.spec, task.params.layout)
     except SongExcluded as exc:
         result.excluded = str(exc)
@@ -473,6 +480,8 @@ def build_shards(opts: BuildOptions) -> BuildReport:
                 skipped.append({"path": str(file.path), "reason": result.error})
                 _warn(f"warning: skipped {file.path}: {result.error}", progress if opts.progress else None)
                 continue
+            for message in result.warnings:
+                _warn(f"warning: {file.path}: {message}", progress if opts.progress else None)
             if result.excluded is not None:
                 excluded[result.excluded.split(" (")[0]] += 1
                 continue

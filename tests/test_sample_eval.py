@@ -304,17 +304,18 @@ def test_eval_checkpoint_matches_eval_of_its_samples(setup, samples, tmp_path):
     assert json.loads(default.read_text())["real"]["n_samples"] == 2
 
 
-def test_real_only_prints_musegan_row_for_lpd5(tmp_path, capsys):
+def test_real_only_prints_musegan_row_for_lpd5(tmp_path, capsys, monkeypatch):
     spec = RollSpec(LPD5_TRACKS, n_bars=1, steps_per_bar=16, n_pitches=24, lowest_pitch=48)
     rolls = np.zeros((4, *spec.shape), bool)
     rolls[:2, 1, :, 3] = True  # piano plays in half the samples: EB 50%
     shards = write_shards(tmp_path / "lpd5", spec, {"train": rolls})
+    monkeypatch.chdir(tmp_path)
     assert main(["eval", "--data", str(shards), "--real-only"]) == 0
     printed = capsys.readouterr().out
     assert "MuseGAN LPD-5 training data" in printed
     assert re.search(r"EB\s+Piano\s+50\.0%\s+24\.8%", printed)
     assert re.search(r"TD\s+Guitar-Bass\s+-\s+1\.570", printed)
-    report = json.loads((shards / "real-stats" / "metrics.json").read_text())
+    report = json.loads((tmp_path / "lpd5-real-stats" / "metrics.json").read_text())  # not in the data folder
     assert report["real"]["tracks"]["Piano"]["EB"] == 0.5 and "generated" not in report
     assert report["musegan_lpd5_training"]["TD"]["Piano-Guitar"] == 1.02
 

@@ -255,9 +255,11 @@ def test_tensorboard_snapshots_are_the_png_and_its_audio(tb_run: dict, events) -
     import pretty_midi
     from PIL import Image
 
-    from b2b.render import synthesize
+    from b2b.render import phrase_audio
+    from b2b.spec import RollSpec
 
     run = tb_run["run"]
+    spec = RollSpec.from_dict(json.loads((run / "checkpoints" / "step-4" / "meta.json").read_text())["spec"])
     images = events.Images("snapshot")
     assert [e.step for e in images] == [2, 4]
     for event in images:
@@ -267,9 +269,9 @@ def test_tensorboard_snapshots_are_the_png_and_its_audio(tb_run: dict, events) -
     sounds = events.Audio("snapshot_audio")
     assert [e.step for e in sounds] == [2, 4]
     for event in sounds:
-        # The audio is the first sample's MIDI file, played by the same synth.
+        # The audio is the first sample's MIDI file, played by the same synth, as long as the phrase.
         midi = pretty_midi.PrettyMIDI(str(run / "samples" / f"step-{event.step}" / "sample-00.mid"))
-        expected, _ = synthesize(midi)
+        expected, _ = phrase_audio(midi, spec)
         with wave.open(io.BytesIO(event.encoded_audio_string)) as wav:
             assert wav.getframerate() == 22050 and wav.getnframes() == len(expected) > 0
             pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2") / 32767.0
@@ -318,6 +320,30 @@ def test_snapshot_is_the_ema_generator_on_the_fixed_latents(tb_run: dict) -> Non
     with torch.no_grad():
         assert not np.array_equal((raw(latents) >= cfg.train.threshold).numpy(), written)
     assert not np.array_equal(snapshot_rolls(run, 2, spec), written)
+
+
+def test_tensorboard_takes_the_snapshots_of_a_silent_generator(tiny_shards: Path, tmp_path: Path) -> None:
+    """An untrained sigmoid generator writes no note above 0.9: its snapshot's audio is silence, which
+    TensorBoard's add_audio refused as an empty array; it must get a silent clip of the phrase's length."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    args = tiny_args(
+        tiny_shards, tmp_path, "silent", log__tracker="tensorboard", model__output="sigmoid",
+        model__density_init="false", model__pitch_bias="false", train__threshold=0.9,
+    )  # fmt: skip
+    train(args, tmp_path)
+    run = tmp_path / "silent"
+    folder = next(p.parent for p in run.rglob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(folder), size_guidance={"audio": 0})
+    acc.Reload()
+    sounds = acc.Audio("snapshot_audio")
+    assert [e.step for e in sounds] == [2, 4]
+    for event in sounds:
+        assert not list((run / "samples" / f"step-{event.step}").glob("*.mid"))[0].read_bytes().count(b"\x90")
+        with wave.open(io.BytesIO(event.encoded_audio_string)) as wav:
+            # 2 bars of 8 steps at 2 steps per beat and 100 bpm: 4.8 s.
+            assert wav.getnframes() == round(16 / 2 * 60 / 100 * 22050)
+            assert not np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").any()
 
 
 # ---------------------------------------------------------------------------------------------------
