@@ -57,7 +57,7 @@ class ModelConfig:
     pitch_bias: bool = True  # a learned output bias per track and pitch
     density_init: bool = True  # start the output bias at each track's (pitch's) share of on-cells in the data
     mbstd_group: int = field(default=0, metadata=_at_least(0))  # minibatch-std channel in the critic
-    critic_norm_first: bool = True  # normalize the critic's first convolution too (false: bias, no norm)
+    critic_norm_first: bool = False  # normalize the critic's first convolution too (false: bias, no norm)
 
 
 @dataclass
@@ -83,7 +83,9 @@ class TrainConfig:
     steps: int = field(default=1000, metadata=_at_least(0))  # generator steps; 0: run `epochs`
     epochs: int = field(default=0, metadata=_at_least(0))  # used when steps == 0
     grad_accum: int = field(default=1, metadata=_at_least(1))
-    ema_beta: float = field(default=0.999, metadata={"min": 0.0, "max": 1.0})
+    ema_beta: float = field(default=0.999, metadata={"min": 0.0, "max": 1.0})  # the EMA's longest memory
+    # EMA ramp-up (StyleGAN2): its half-life is at most this share of the samples seen so far; 0: off
+    ema_rampup: float = field(default=0.05, metadata={"min": 0.0, "max": 1.0})
     seed: int = 0
     threshold: float = field(default=0.9, metadata={"min": 0.0, "max": 1.0})  # binarize samples
     dist_timeout_s: int = field(default=300, metadata=_at_least(10))  # collective timeout

@@ -383,6 +383,17 @@ class Generator(nn.Module):
             self.pitch_bias.copy_(bias[:, None, :].to(self.pitch_bias.dtype))
 
 
+def ema_beta(beta: float, rampup: float, samples_seen: int, batch: int) -> float:
+    """The EMA decay for one step: ``beta``, or shorter early in training (StyleGAN2's ramp-up).
+
+    With ``rampup`` the EMA's half-life is at most ``rampup * samples_seen`` samples, so it does not
+    average weights from far back in a short or young run: ``min(beta, 0.5 ** (batch / half_life))``.
+    """
+    if rampup <= 0 or samples_seen <= 0:
+        return beta
+    return min(beta, 0.5 ** (batch / (rampup * samples_seen)))
+
+
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, beta: float) -> None:
     """Move the EMA generator's weights toward ``model``'s: ``ema = beta * ema + (1 - beta) * model``."""

@@ -93,6 +93,19 @@ def take_accelerate_deepspeed_settings(cfg: Config, environ: MutableMapping[str,
     environ.pop("ACCELERATE_USE_DEEPSPEED")
 
 
+EXTRAS = {"wandb": "wandb", "tensorboard": "tensorboard"}
+
+
+def check_tracker(cfg: Config) -> None:
+    """Refuse a tracker whose package is not installed, naming the extra that brings it."""
+    package = EXTRAS.get(cfg.log.tracker)
+    if package is not None and importlib.util.find_spec(package) is None:
+        raise ConfigError(
+            f"log.tracker={cfg.log.tracker} needs {package}: pip install 'b2b[{package}]' (or log.tracker=none; "
+            "metrics.jsonl is always written)"
+        )
+
+
 def validate_for_training(cfg: Config) -> dict:
     """Check what training needs from disk and from the networks; return the shards' manifest.
 
@@ -103,6 +116,7 @@ def validate_for_training(cfg: Config) -> dict:
     from b2b.models import check_shape
 
     check_zero(cfg)
+    check_tracker(cfg)
     manifest = read_manifest(cfg.data.shards)
     shape = manifest_shape(manifest, cfg.data.shards)
     if cfg.data.shape is not None and list(cfg.data.shape) != shape:

@@ -275,9 +275,9 @@ def _params_dict(params: WindowParams) -> dict:
 
 def _source_files(opts: BuildOptions) -> tuple[list[SongFile], dict]:
     if opts.source == "demo":
+        files = chorale_files()  # first: says which extra to install when music21 is missing
         import music21
 
-        files = chorale_files()
         files = files[: opts.limit] if opts.limit else files
         return files, {"kind": "demo", "input": "music21 corpus: bach", "music21": music21.__version__}
     ids = read_ids(opts.ids) if opts.ids is not None else None

@@ -160,7 +160,10 @@ def find_song_files(
 def chorale_files() -> list[SongFile]:
     """The Bach works in music21's bundled corpus stored as MusicXML (not the few Humdrum files or the
     roman-numeral analyses)."""
-    from music21 import corpus
+    try:
+        from music21 import corpus
+    except ImportError:
+        raise DataError("--source demo needs music21: pip install 'b2b[demo]'") from None
 
     paths = sorted(p for p in corpus.getComposer("bach") if Path(p).suffix in (".mxl", ".xml", ".musicxml"))
     if not paths:

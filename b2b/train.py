@@ -50,7 +50,7 @@ from b2b.config import Config, load_config
 from b2b.data import TrainLoader, cell_density
 from b2b.errors import B2BError, DataError
 from b2b.losses import critic_loss, generator_loss
-from b2b.models import Generator, binarize, build_models, recalibrate_batchnorm, update_ema
+from b2b.models import Generator, binarize, build_models, ema_beta, recalibrate_batchnorm, update_ema
 from b2b.monitor import Monitor, is_better, write_status
 from b2b.network import Network, Precision, build_optimizer, resolve_precision, step_decay
 from b2b.preflight import take_accelerate_deepspeed_settings, validate_for_training
@@ -363,8 +363,10 @@ class Trainer:
                 self.run_phase(phase)
         for net in (self.g, self.d):
             net.sync_buffers()
-        update_ema(self.ema, self.g.module, cfg.train.ema_beta)
         self.progress.step += 1
+        batch = cfg.data.batch_size * ranks.world_size() * cfg.train.grad_accum  # samples per G update
+        beta = ema_beta(cfg.train.ema_beta, cfg.train.ema_rampup, self.progress.step * batch, batch)
+        update_ema(self.ema, self.g.module, beta)
         step = self.progress.step
         values = collector.collect(extra={"stop": self.stop.signal})
         stop = (self.stop.signal or int(signal.SIGTERM)) if values.pop("stop") > 0 else 0

@@ -63,10 +63,11 @@ VARIANTS: dict[str, list[str]] = {
     "ttur": ["optim.g_lr=0.0005", "optim.d_lr=0.002"],
     "n-critic-2": ["loss.n_critic=2"],
     "mbstd": ["model.mbstd_group=4"],
-    "plain-first": ["model.critic_norm_first=false"],
-    "plain-first-no-density": ["model.critic_norm_first=false", "model.density_init=false"],
+    "norm-first": ["model.critic_norm_first=true"],
     "transpose": ["data.transpose=5"],
     "ema-0.999": ["train.ema_beta=0.999"],
+    "no-ema-rampup": ["train.ema_rampup=0"],
+    "no-ema": ["train.ema_beta=0"],
 }
 
 

@@ -4,7 +4,7 @@
 # Extra key=value arguments go to the trainer, e.g. `bash launch/demo.sh train.steps=100`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash launch/setup.sh
+bash launch/setup.sh demo,audio
 . .venv/bin/activate
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 NPROC=${B2B_DEMO_PROCESSES:-2}

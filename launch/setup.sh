@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install b2b with its dependencies (idempotent: a second run only checks).
+# Create .venv and install b2b with its dependencies and the extras named in $1 (idempotent: a second run
+# only checks). The demo needs "demo,audio"; the tests need "all,dev" (DeepSpeed, Slurm, trackers, ...).
 # torch: a machine without an NVIDIA GPU gets the CPU build (B2B_TORCH overrides the spec, e.g.
 # B2B_TORCH="torch --index-url https://download.pytorch.org/whl/cu124" on a GPU box).
 set -euo pipefail
@@ -17,4 +18,4 @@ if ! python -c "import torch" 2>/dev/null; then
     python -m pip install -q ${B2B_TORCH:-torch==2.13.0}
   fi
 fi
-python -m pip install -q -e ".[dev,deepspeed]"
+python -m pip install -q -e ".[${1:-demo,audio}]"

@@ -19,10 +19,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cloudpickle
+try:
+    import cloudpickle
+    import submitit
+    from submitit.slurm.slurm import SlurmExecutor
+except ImportError:
+    sys.exit("submit: error: launching on Slurm needs submitit: pip install 'b2b[slurm]'")
 import slurm_job  # launch/ is on sys.path: it is this script's folder
-import submitit
-from submitit.slurm.slurm import SlurmExecutor
 
 from b2b.config import load_config
 from b2b.errors import B2BError

@@ -5,7 +5,7 @@
 # Extra arguments go to pytest, e.g. `bash launch/test.sh -k loader`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash launch/setup.sh
+bash launch/setup.sh all,dev
 . .venv/bin/activate
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   need=""
