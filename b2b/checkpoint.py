@@ -438,14 +438,16 @@ class Checkpointer:
         return moved
 
     def remove_leftovers(self) -> list[Path]:
-        """Delete ``.step-N.partial`` folders and stray best copies left by killed saves (rank 0)."""
+        """Delete what killed saves and resumes left: ``.step-N.partial`` folders, DeepSpeed universal
+        conversions (``.step-N-<name>-universal``) and stray best copies (rank 0)."""
         if not self.root.is_dir():
             return []
         best = (self.root / BEST).resolve() if (self.root / BEST).is_symlink() else None
         gone = []
         for path in self.root.iterdir():
-            stale = (path.name.startswith(".step-") and path.name.endswith(".partial")) or (
-                path.name.startswith(".best-") and path.resolve() != best
+            stale = (
+                (path.name.startswith(".step-") and path.name.endswith((".partial", "-universal")))
+                or (path.name.startswith(".best-") and path.resolve() != best)
             )
             if stale or path.name == f".{BEST}.link":
                 shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)

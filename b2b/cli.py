@@ -3,7 +3,6 @@
 A command module provides ``add_arguments(parser)`` and ``run(args) -> int``.
 """
 
-
 from __future__ import annotations
 
 import argparse

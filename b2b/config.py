@@ -72,7 +72,7 @@ class OptimConfig:
     g_lr: float = field(default=3e-4, metadata=_at_least(0.0))
     d_lr: float = field(default=6e-4, metadata=_at_least(0.0))
     betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
-    lr_decay: float = field(default=0.75, metadata={"min": 0.0, "max": 1.0})  # StepLR gamma
+    lr_decay: float = field(default=0.75, metadata={"min": 0.0, "max": 1.0})  # the learning rate's factor every lr_decay_every epochs
     lr_decay_every: int = field(default=25, metadata=_at_least(1))  # epochs between decays
 
 
@@ -89,6 +89,16 @@ class TrainConfig:
     seed: int = 0
     threshold: float = field(default=0.9, metadata={"min": 0.0, "max": 1.0})  # binarize samples
     dist_timeout_s: int = field(default=300, metadata=_at_least(10))  # collective timeout
+    stall_timeout_s: int = field(default=900, metadata=_at_least(0))  # dump every thread's stack; 0: off
+    peak_tflops: float = field(default=0.0, metadata=_at_least(0.0))  # MFU reference; 0: the device's
+    # Speed switches (docs/benchmarks.md measures each; results stay within the tested tolerances)
+    channels_last: bool = False  # NHWC memory format for both networks and the batches
+    tf32: bool = True  # TF32 tensor cores for fp32 matmuls and convolutions (Ampere and later GPUs)
+    cudnn_benchmark: bool = True  # let cuDNN pick the fastest convolution algorithms (GPUs)
+    adam: str = field(
+        default="auto", metadata=_choice("auto", "fused", "foreach", "loop")
+    )  # auto: fused on GPUs
+    compile: bool = False  # torch.compile the forward passes (the penalty's double backward stays eager)
 
 
 @dataclass

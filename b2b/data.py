@@ -658,8 +658,12 @@ class TrainLoader:
                 else:
                     rolls = unpack_rolls(item, shape)
                 if self.transpose:
-                    draws = rng(self.seed, self.epoch, TRANSPOSE_TAG, len(self._history), self.rank, self._done)
-                    transpose(rolls, self.pitched, transpose_shifts(rolls, self.pitched, self.transpose, draws))
+                    draws = rng(
+                        self.seed, self.epoch, TRANSPOSE_TAG, len(self._history), self.rank, self._done
+                    )
+                    transpose(
+                        rolls, self.pitched, transpose_shifts(rolls, self.pitched, self.transpose, draws)
+                    )
                 self._count_batch()
                 yield torch.from_numpy(rolls)
         finally:

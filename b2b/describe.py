@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -150,6 +151,8 @@ def describe(cfg: Config, shape: list[int]) -> dict:
     fake = generator(z).detach()
 
     g_layers = [(f"net.{i}", m) for i, m in enumerate(generator.net)]
+    # The last block runs as its convolution (then the pitch bias and the sigmoid): hook the convolution.
+    g_layers[-1] = (g_layers[-1][0], generator.net[-1][0])
     d_layers = [(f"body.{i}", m) for i, m in enumerate(critic.body)] + [("head", critic.head)]
     g_rows = _rows(generator, g_layers, lambda: generator(z))
     d_rows = _rows(critic, d_layers, lambda: critic(real))
@@ -185,6 +188,7 @@ def describe(cfg: Config, shape: list[int]) -> dict:
             "forward_flops": count_flops(lambda: critic(real)) // _BATCH,
             "layers": d_rows,
         },
+        "memory": memory_estimate(cfg, plan, generator, critic, g_rows, d_rows),
         "steps": {
             "critic_step_flops": with_penalty,
             "critic_step_flops_without_penalty": without_penalty,
@@ -193,6 +197,30 @@ def describe(cfg: Config, shape: list[int]) -> dict:
             "train_step_flops": int(train_step),
         },
     }
+
+
+def memory_estimate(cfg: Config, plan, generator: nn.Module, critic: nn.Module, g_rows, d_rows) -> dict:
+    """Expected device memory per rank, in bytes (an estimate; ``bench/gpu_check.sh`` measures it).
+
+    State: float32 weights, gradients and Adam's two moments of both networks, and the EMA copy.
+    Activations of one micro-batch: every generator layer's output (kept for its backward), and the
+    critic's layer outputs for the real, fake and interpolated batches, the last twice (the penalty's
+    double backward), plus both attention maps (positions × positions per sample); 2 bytes per value
+    under bf16/fp16 autocast, 4 in fp32.
+    """
+    n_g = sum(p.numel() for p in generator.parameters())
+    n_d = sum(p.numel() for p in critic.parameters())
+    state = 4 * (4 * n_g + 4 * n_d + n_g)
+
+    def outputs(rows) -> int:
+        return sum(math.prod(row["output"]) for row in rows)
+
+    g_hw = math.prod(plan.generator_grids()[3])
+    d_hw = math.prod(plan.critic_grids()[2])
+    per_sample = outputs(g_rows) + g_hw * g_hw + 4 * (outputs(d_rows) + d_hw * d_hw)
+    value_bytes = 4 if cfg.train.precision == "fp32" else 2
+    activations = value_bytes * cfg.data.batch_size * per_sample
+    return {"state_bytes": state, "activation_bytes": activations, "total_bytes": state + activations}
 
 
 def _si(n: float) -> str:
@@ -225,6 +253,7 @@ def format_text(report: dict) -> str:
             flops = _si(row["flops"]) + "FLOP"
             lines.append(f"  {row['name']:<8} {out:<16} {row['params']:>12,} {flops:>14}  {row['kind']}")
     steps = report["steps"]
+    per_rank = report["config"]["data"]["batch_size"] * report["config"]["train"]["grad_accum"]
     lines += [
         "",
         "FLOPs per batch element (matmul + convolution, forward + backward):",
@@ -233,6 +262,12 @@ def format_text(report: dict) -> str:
         f"{_si(steps['critic_step_flops_without_penalty'])}FLOP)",
         f"  generator step:            {_si(steps['generator_step_flops'])}FLOP",
         f"  training step (n_critic):  {_si(steps['train_step_flops'])}FLOP",
+        f"FLOPs per training step and rank (× data.batch_size × train.grad_accum = {per_rank}): "
+        f"{_si(steps['train_step_flops'] * per_rank)}FLOP",
+        "",
+        f"expected memory per rank: {report['memory']['total_bytes'] / 1e9:.2f} GB "
+        f"({report['memory']['state_bytes'] / 1e9:.2f} GB weights, gradients, Adam and EMA; "
+        f"{report['memory']['activation_bytes'] / 1e9:.2f} GB activations of a micro-batch)",
     ]
     return "\n".join(lines)
 

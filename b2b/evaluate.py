@@ -281,7 +281,8 @@ def _data_of(args: argparse.Namespace) -> str:
         if (Path(shards) / "manifest.json").is_file():
             return shards
         raise DataError(
-            f"the run of {args.checkpoint} trained on {shards!r}, which holds no shards here; pass --data SHARDS"
+            f"the run of {args.checkpoint} trained on {shards!r}, which holds no shards here; "
+            "pass --data SHARDS"
         )
     raise B2BError("b2b eval needs --data SHARDS (the real corpus to compare with)")
 
@@ -294,7 +295,8 @@ def set_lines(result: dict, real_copies: dict | None) -> list[str]:
     lines = [
         f"diversity: {'-' if ratio is None else f'{ratio:.2f}'} of real (mean pairwise Jaccard distance "
         f"{result['metrics']['diversity'] or 0:.3f} generated, {result['real_diversity'] or 0:.3f} real)",
-        f"precision {result['precision']:.2f}, recall {result['recall']:.2f} (k-NN in music-statistics space)",
+        f"precision {result['precision']:.2f}, recall {result['recall']:.2f} "
+        "(k-NN in music-statistics space)",
     ]
     if result["copies"] is not None:
         copies = result["copies"]
@@ -302,8 +304,8 @@ def set_lines(result: dict, real_copies: dict | None) -> list[str]:
         if real_copies is not None:
             baseline = f"; real held-out samples: {100 * real_copies['near']:.1f}%"
         lines.append(
-            f"copies of training samples: {100 * copies['identical']:.1f}% identical, {100 * copies['near']:.1f}% "
-            f"within Jaccard distance {NEAR_COPY}{baseline}"
+            f"copies of training samples: {100 * copies['identical']:.1f}% identical, "
+            f"{100 * copies['near']:.1f}% within Jaccard distance {NEAR_COPY}{baseline}"
         )
     return lines
 

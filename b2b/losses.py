@@ -104,6 +104,7 @@ def critic_loss(
     gp_weight: float = 1.0,
     eps: torch.Tensor | None = None,
     loss_scale: float | None = None,
+    penalty_critic: nn.Module | None = None,
 ) -> CriticLoss:
     """Critic loss ``E[D(fake)] - E[D(real)] + λ · k · GP``.
 
@@ -121,6 +122,9 @@ def critic_loss(
         0 on the others (the penalty is then not computed at all).
     eps, loss_scale
         Passed to :func:`gradient_penalty`.
+    penalty_critic : nn.Module, optional
+        The same critic for the penalty's pass, when ``critic`` cannot differentiate twice (a
+        ``torch.compile``-d critic: compiled graphs have no double backward); default ``critic``.
 
     Returns
     -------
@@ -132,7 +136,9 @@ def critic_loss(
     wasserstein = (d_real - d_fake).detach()
     penalty = None
     if gp_weight > 0 and gp_lambda > 0:
-        penalty, grad_norm = gradient_penalty(critic, real, fake, eps=eps, loss_scale=loss_scale)
+        penalty, grad_norm = gradient_penalty(
+            penalty_critic or critic, real, fake, eps=eps, loss_scale=loss_scale
+        )
         total = total + (gp_lambda * gp_weight) * penalty
         penalty = penalty.detach()
         report("penalty", penalty)

@@ -20,12 +20,15 @@ def build_hint(shards: str | Path) -> str:
     """How to build the shards a config names: the demo corpus for a demo folder, else LPD or MIDI."""
     name = Path(shards).name.lower()
     if "demo" in name or "chorale" in name:
-        return f"build them with `b2b shards build --source demo --output {shards}` (Bach chorales, no download)"
+        return (
+            f"build them with `b2b shards build --source demo --output {shards}` (Bach chorales, no download)"
+        )
     if "lpd" in name:
         tracks = "lpd5" if "lpd5" in name else "lpd17"
         return (
             f"build them from the Lakh Pianoroll Dataset ({LPD_URL}; download lpd_17_cleansed), e.g. "
-            f"`b2b shards build --source lpd --input lpd_17/lpd_17_cleansed --tracks {tracks} --output {shards}`"
+            f"`b2b shards build --source lpd --input lpd_17/lpd_17_cleansed --tracks {tracks} "
+            f"--output {shards}`"
         )
     return (
         f"build them from your MIDI files with `b2b shards build --source midi --input MIDI_FOLDER --output "
@@ -63,7 +66,9 @@ def shard_path(shards: str | Path, name: object) -> Path:
     absolute path, no link out)."""
     root = Path(shards).resolve()
     if not isinstance(name, str) or not name or Path(name).is_absolute():
-        raise DataError(f"{Path(shards) / MANIFEST} names a shard {name!r} that is not a file name in {shards}")
+        raise DataError(
+            f"{Path(shards) / MANIFEST} names a shard {name!r} that is not a file name in {shards}"
+        )
     path = (root / name).resolve()
     if root not in path.parents:
         raise DataError(

@@ -343,13 +343,15 @@ class Generator(nn.Module):
         density. ``binary_det``: the bias is calibrated so that the share of cells whose probability reaches
         ``threshold`` equals the density, on ``n_latents`` fixed latents (a cell starts at probability 0.5
         otherwise: half the cells on, or with logit(density) none). Where the data has no note at all, every
-        logit starts :data:`SILENT_MARGIN` below the threshold. Densities are clipped to ``[floor, 1 - floor]``. The
-        generator's state is otherwise unchanged (BatchNorm statistics included).
+        logit starts :data:`SILENT_MARGIN` below the threshold. Densities are clipped to ``[floor, 1 -
+        floor]``. The generator's state is otherwise unchanged (BatchNorm statistics included).
         """
         density = torch.as_tensor(np.asarray(density), dtype=torch.float64)
         tracks, pitches = self.shape[0], self.shape[2]
         if density.shape != (tracks, pitches):
-            raise ValueError(f"density has shape {tuple(density.shape)}, the generator's output {(tracks, pitches)}")
+            raise ValueError(
+                f"density has shape {tuple(density.shape)}, the generator's output {(tracks, pitches)}"
+            )
         conv = self.net[-1][0]
         if self.pitch_bias is None:
             density = density.mean(dim=1, keepdim=True)  # (tracks, 1): the convolution's bias
@@ -554,7 +556,12 @@ def build_models(cfg, shape: Sequence[int]) -> tuple[Generator, Critic]:
     m = cfg.model
     check_shape(shape)
     generator = Generator(
-        shape, m.latent_dim, m.g_width, output=m.output, threshold=cfg.train.threshold, pitch_bias=m.pitch_bias
+        shape,
+        m.latent_dim,
+        m.g_width,
+        output=m.output,
+        threshold=cfg.train.threshold,
+        pitch_bias=m.pitch_bias,
     )
     critic = Critic(
         shape,

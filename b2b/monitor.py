@@ -86,7 +86,9 @@ class Monitor:
         with self.metrics_path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
         if self.cfg.log.tracker != "none":
-            numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            numbers = {
+                k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
             self.accelerator.log(numbers, step=step)
 
     def log_step(self, step: int, values: Mapping[str, Any]) -> None:

@@ -64,9 +64,20 @@ def step_decay(base_lr: float, epochs: float, decay: float, every: int) -> float
     return base_lr * decay ** math.floor(epochs / every + 1e-9)
 
 
-def build_optimizer(module: nn.Module, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
-    """The Adam optimizer both paths use (DDP here, ZeRO in b2b/zero.py)."""
-    return torch.optim.Adam(module.parameters(), lr=lr, betas=tuple(betas))
+def build_optimizer(
+    module: nn.Module, lr: float, betas: tuple[float, float], impl: str = "auto"
+) -> torch.optim.Adam:
+    """The Adam optimizer both paths use (DDP here, ZeRO in b2b/zero.py).
+
+    ``impl``: ``fused`` (one kernel for all parameters), ``foreach`` (a few batched kernels), ``loop``
+    (one parameter at a time), or ``auto``: fused where the parameters live on a GPU, else foreach.
+    All compute the same update (tests/test_speed.py compares them).
+    """
+    if impl == "auto":
+        on_gpu = next(module.parameters()).device.type == "cuda"
+        impl = "fused" if on_gpu else "foreach"
+    flags = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}[impl]
+    return torch.optim.Adam(module.parameters(), lr=lr, betas=tuple(betas), **flags)
 
 
 class Network:
@@ -94,12 +105,18 @@ class Network:
     ):
         self.module = module
         self.wrapped = wrapped
+        self.fast = wrapped  # what training forwards call: ``wrapped``, or it compiled (:meth:`compile`)
         self.optimizer = optimizer
         self.scaler = scaler
         self.skipped_steps = 0
 
     def __call__(self, *args, **kwargs) -> torch.Tensor:
-        return self.wrapped(*args, **kwargs)
+        return self.fast(*args, **kwargs)
+
+    def compile(self) -> None:
+        """Run training forwards through ``torch.compile(wrapped)``; ``wrapped`` stays eager for passes
+        that differentiate twice (the gradient penalty)."""
+        self.fast = torch.compile(self.wrapped)
 
     @contextlib.contextmanager
     def accumulating(self, sync: bool) -> Iterator[None]:

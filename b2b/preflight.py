@@ -101,8 +101,8 @@ def check_tracker(cfg: Config) -> None:
     package = EXTRAS.get(cfg.log.tracker)
     if package is not None and importlib.util.find_spec(package) is None:
         raise ConfigError(
-            f"log.tracker={cfg.log.tracker} needs {package}: pip install 'b2b[{package}]' (or log.tracker=none; "
-            "metrics.jsonl is always written)"
+            f"log.tracker={cfg.log.tracker} needs {package}: pip install 'b2b[{package}]' "
+            "(or log.tracker=none; metrics.jsonl is always written)"
         )
 
 

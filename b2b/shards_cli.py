@@ -1,7 +1,7 @@
 """``b2b shards``: build WebDataset shards of fixed piano-roll windows (:mod:`b2b.shards`), and inspect them.
 
-    b2b shards build --source midi --input my_midi/ --output shards/my-midi --tracks lpd5
-    b2b shards inspect shards/my-midi --verify
+b2b shards build --source midi --input my_midi/ --output shards/my-midi --tracks lpd5
+b2b shards inspect shards/my-midi --verify
 """
 
 from __future__ import annotations

@@ -52,7 +52,9 @@ def tracker_init_kwargs(cfg: Config, run_path: Path) -> dict:
     folder's W&B run across resumes."""
     if cfg.log.tracker != "wandb":
         return {}
-    return {"wandb": {"id": wandb_run_id(run_path), "resume": "allow", "name": cfg.name, "dir": str(run_path)}}
+    return {
+        "wandb": {"id": wandb_run_id(run_path), "resume": "allow", "name": cfg.name, "dir": str(run_path)}
+    }
 
 
 def flatten(value: object, prefix: str = "", sep: str = "/") -> dict[str, Any]:

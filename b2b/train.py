@@ -15,15 +15,14 @@ checkpoint), which the :class:`~b2b.monitor.Monitor` and the :class:`~b2b.checkp
 from __future__ import annotations
 
 import argparse
-import copy
 import math
+import shutil
 import signal
 import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 if __name__ == "__main__":  # run as a file (accelerate launch b2b/train.py): import b2b, not b2b/'s modules
@@ -32,7 +31,7 @@ if __name__ == "__main__":  # run as a file (accelerate launch b2b/train.py): im
 import numpy as np
 import torch
 
-from b2b import ranks, stats
+from b2b import parts, ranks, stats
 from b2b.checkpoint import (
     Checkpointer,
     ModuleState,
@@ -40,25 +39,25 @@ from b2b.checkpoint import (
     RNGState,
     WeightsDigest,
     check_compatible,
-    choose_resume,
-    complete_checkpoints,
     latest_checkpoint,
     read_meta,
-    resolve_checkpoint,
 )
 from b2b.config import Config, load_config
-from b2b.data import TrainLoader, cell_density
+from b2b.data import TrainLoader
+from b2b.describe import describe
 from b2b.errors import B2BError, DataError
+from b2b.hardware import StepTimer, peak_memory_gb, peak_tflops
 from b2b.losses import critic_loss, generator_loss
-from b2b.models import Generator, binarize, build_models, ema_beta, recalibrate_batchnorm, update_ema
+from b2b.models import Generator, binarize, ema_beta, recalibrate_batchnorm, update_ema
 from b2b.monitor import Monitor, is_better, write_status
-from b2b.network import Network, Precision, build_optimizer, resolve_precision, step_decay
+from b2b.network import Network, Precision, resolve_precision
 from b2b.preflight import take_accelerate_deepspeed_settings, validate_for_training
 from b2b.reference import RealReference
 from b2b.runlock import RunInUse, RunLock
 from b2b.spec import RollSpec
 from b2b.stopping import StopFlag
 from b2b.trackers import flat_config, tracker_init_kwargs, tracker_kind
+from b2b.watchdog import StallWatchdog
 
 # accelerate passes DDP `broadcast_buffers`, which torch 2.13 renamed; the behaviour asked for is unchanged.
 warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
@@ -96,11 +95,6 @@ class Progress:
         self.best_distance = float(state["best_distance"])
 
 
-def rank_seed(seed: int, rank: int) -> int:
-    """Each rank draws its own latents, dropout masks and interpolation weights."""
-    return seed * 1_000_003 + rank
-
-
 class Trainer:
     """One rank's part of a training run."""
 
@@ -127,41 +121,30 @@ class Trainer:
     fixed_latents: torch.Tensor
     ema_calibrated_at: int = -1
     batches: Iterator[torch.Tensor] | None = None
-    window: tuple[float, int]
+    step_flops: int
+    peak_tflops: float
+    peak_source: str
+    timer: StepTimer
+    window_start: int
+    watchdog: StallWatchdog
     last_measured: tuple[int, dict | None] = (-1, None)
     saved_at: int = -1
 
     def __init__(self, cfg: Config, manifest: dict):
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
-
         self.cfg, self.spec, self.run_path = cfg, RollSpec.from_dict(manifest["spec"]), cfg.run_path
         log_with = tracker_kind(cfg)
-        self.accelerator = Accelerator(
-            # Without cpu=True accelerate gives every rank of a launch on a machine with no accelerator
-            # its own world of one (DistributedType.NO) instead of gloo; this is device selection only.
-            cpu=not torch.accelerator.is_available(),
-            mixed_precision="no",  # b2b owns autocast and loss scaling: see b2b/network.py
-            log_with=log_with,
-            project_dir=str(self.run_path),
-            kwargs_handlers=[
-                # The critic runs on real, fake and interpolated batches before one backward; DDP's
-                # in-place buffer broadcast at each forward would break that backward. Buffers are synced
-                # after each step instead (Network.sync_buffers).
-                DistributedDataParallelKwargs(broadcast_buffers=False),
-                InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.dist_timeout_s)),
-            ],
-        )
+        self.accelerator = parts.make_accelerator(cfg, log_with)
         self.device = self.accelerator.device
         name, self.precision_reason = resolve_precision(cfg.train.precision, self.device)
         self.precision = Precision(name, self.device.type)
+        parts.apply_speed_switches(cfg)
         self.stop = StopFlag()
         self.stop.install()
         self.lock = RunLock(self.run_path) if ranks.rank() == 0 else None
-        resume_from = self._choose_resume()
-        meta = read_meta(resume_from) if resume_from is not None else None
+        source = parts.choose_checkpoint(cfg, self.device)
+        meta = read_meta(source) if source is not None else None
         if meta is not None:
-            check_compatible(meta, cfg, resume_from)
+            check_compatible(meta, cfg, source)
 
         self.loader = TrainLoader(
             cfg.data.shards,
@@ -184,16 +167,13 @@ class Trainer:
             )
         self.total_steps = cfg.train.steps or cfg.train.epochs * self.steps_per_epoch
 
-        # Identical initial weights on every rank, then per-rank randomness.
-        torch.manual_seed(cfg.train.seed)
-        generator, critic = build_models(cfg, self.spec.shape)
-        if cfg.model.density_init and meta is None:
-            generator.init_output_bias(cell_density(cfg.data.shards))
-        self.ema = copy.deepcopy(generator).requires_grad_(False).eval().to(self.device)
+        generator, critic = parts.build_generator_and_critic(cfg, self.spec.shape, fresh=meta is None)
+        self.ema = parts.make_ema(generator, self.device)
         resharded = meta is not None and meta["world_size"] != ranks.world_size()
-        self.g, self.d = self._build_networks(generator, critic, load_universal=resharded)
-        torch.manual_seed(rank_seed(cfg.train.seed, ranks.rank()))
-        np.random.seed(rank_seed(cfg.train.seed, ranks.rank()) % 2**32)
+        self.g, self.d = parts.build_networks(
+            cfg, self.accelerator, generator, critic, self.precision, load_universal=resharded
+        )
+        parts.seed_rank(cfg)
         self.phases = [
             Phase("critic", self.d, cfg.loss.n_critic, self.critic_loss, penalty_every=cfg.loss.gp_every),
             Phase("generator", self.g, 1, self.generator_loss),
@@ -214,7 +194,10 @@ class Trainer:
             keep=cfg.checkpoint.keep,
         )
         if meta is not None:
-            self._resume(resume_from, meta)
+            self.checkpointer.load(source)
+            parts.announce_resume(self.checkpointer, source, self.progress.step, meta["world_size"])
+            parts.announce_schedule(cfg, meta, self.loader.epochs_done)
+            ranks.barrier()
         self.monitor = Monitor(
             cfg, self.run_path, self.accelerator, self.total_steps, self.progress.step, ranks.rank() == 0
         )
@@ -224,96 +207,26 @@ class Trainer:
         self.fixed_latents = torch.randn(
             cfg.log.n_snapshot, cfg.model.latent_dim, generator=torch.Generator().manual_seed(cfg.train.seed)
         )
-        self.window = (time.perf_counter(), 0)
-
-    # ------------------------------------------------------------------------------------------------
-    # Setup and resume
-
-    def _build_networks(self, generator, critic, load_universal: bool) -> tuple[Network, Network]:
-        cfg = self.cfg
-        if cfg.deepspeed.zero_stage > 0:
-            from b2b.zero import build_zero_networks
-
-            return build_zero_networks(cfg, generator, critic, self.precision, load_universal)
-        nets = []
-        for module, lr in ((generator, cfg.optim.g_lr), (critic, cfg.optim.d_lr)):
-            optimizer = build_optimizer(module, lr, cfg.optim.betas)
-            wrapped = self.accelerator.prepare_model(module)
-            nets.append(Network(module, wrapped, optimizer, self.precision.make_scaler()))
-        return nets[0], nets[1]
-
-    def _choose_resume(self) -> Path | None:
-        """Rank 0 picks the checkpoint (verifying digests, falling back past damaged ones); every rank
-        takes its choice, so all load the same one."""
-        cfg = self.cfg
-        choice = None
-        if ranks.rank() == 0:
-            for path in Checkpointer(self.run_path, {}, keep=1).remove_leftovers():
-                _warn(f"removed {path}, left by an interrupted save")
-            choice = choose_resume(self.run_path, cfg.checkpoint.resume, warn=_warn)
-        step = torch.tensor([-1 if choice is None else int(read_meta(choice)["step"])], device=self.device)
-        ranks.broadcast(step)
-        if step.item() < 0:
-            return None
-        if cfg.checkpoint.resume == "auto":
-            return self.run_path / "checkpoints" / f"step-{int(step.item())}"
-        return choice if choice is not None else resolve_checkpoint(cfg.checkpoint.resume)
-
-    def _resume(self, source: Path, meta: dict) -> None:
-        self.checkpointer.load(source)
-        step = self.progress.step
-        if ranks.rank() == 0:
-            later = [s for s, _ in complete_checkpoints(self.run_path) if s > step]
-            if later:
-                moved = self.checkpointer.abandon_after(step)
-                names = ", ".join(p.name for p in moved)
-                print(
-                    f"resuming from step {step}, before the newest checkpoints: moved {names} to "
-                    f"{moved[0].parent} (a new trajectory starts here)",
-                    flush=True,
-                )
-            world, now = meta["world_size"], ranks.world_size()
-            note = "" if world == now else f" (saved with {world} ranks, now {now}: RNG streams restart)"
-            print(f"resumed from {source} at step {step}{note}", flush=True)
-        self._announce_schedule(meta)
-        ranks.barrier()
-
-    def _announce_schedule(self, meta: dict) -> None:
-        """Say which learning-rate settings differ from the checkpoint's: the schedule follows the config."""
-        if ranks.rank() != 0:
-            return
-        saved = meta["config"]["optim"]
-        keys = ("g_lr", "d_lr", "lr_decay", "lr_decay_every")
-        changed = [
-            f"optim.{k} {saved.get(k)} -> {getattr(self.cfg.optim, k)}"
-            for k in keys
-            if saved.get(k) != getattr(self.cfg.optim, k)
-        ]
-        saved_batch = meta["world_size"] * meta["config"]["data"]["batch_size"]
-        if saved_batch != ranks.world_size() * self.cfg.data.batch_size:
-            changed.append("global batch size (epochs now take another number of steps)")
-        if changed:
-            g_lr, d_lr = self.learning_rates()
-            print(
-                f"learning-rate schedule changed since the checkpoint: {'; '.join(changed)}; at epoch "
-                f"{self.loader.epochs_done:.2f} the rates are now G {g_lr:.3g}, D {d_lr:.3g}",
-                flush=True,
-            )
+        self.step_flops = describe(cfg, list(self.spec.shape))["steps"]["train_step_flops"] * (
+            cfg.data.batch_size * cfg.train.grad_accum * ranks.world_size()
+        )
+        self.peak_tflops, self.peak_source = peak_tflops(
+            self.device, self.precision.name, cfg.train.tf32, cfg.train.peak_tflops
+        )
+        self.timer = StepTimer()
+        self.window_start = self.progress.step
+        self.watchdog = StallWatchdog(cfg.train.stall_timeout_s, self.run_path, ranks.rank())
 
     # ------------------------------------------------------------------------------------------------
     # One step: the phases, then the end of the step
 
-    def learning_rates(self) -> tuple[float, float]:
-        o = self.cfg.optim
-        epochs = self.loader.epochs_done
-        return (
-            step_decay(o.g_lr, epochs, o.lr_decay, o.lr_decay_every),
-            step_decay(o.d_lr, epochs, o.lr_decay, o.lr_decay_every),
-        )
-
     def next_real(self) -> torch.Tensor:
         # The loader yields bool rolls: one byte per cell crosses to the device, converted there.
-        return next(self.batches).to(self.device, non_blocking=True).float()
+        waited = time.perf_counter()
+        batch = next(self.batches)
+        self.timer.wait(time.perf_counter() - waited)
+        real = batch.to(self.device, non_blocking=True).float()
+        return real.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last else real
 
     def latents(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.cfg.model.latent_dim, device=self.device)
@@ -330,6 +243,7 @@ class Trainer:
                 gp_lambda=self.cfg.loss.gp_lambda,
                 gp_weight=penalty_weight,
                 loss_scale=self.d.loss_scale(),
+                penalty_critic=self.d.wrapped,  # eager: a compiled critic has no double backward
             )
         return loss.total
 
@@ -356,7 +270,7 @@ class Trainer:
     def train_step(self) -> int:
         """One step and everything periodic after it; returns the stop signal number (0: go on)."""
         cfg = self.cfg
-        for net, lr in zip((self.g, self.d), self.learning_rates(), strict=True):
+        for net, lr in zip((self.g, self.d), parts.learning_rates(cfg, self.loader.epochs_done), strict=True):
             net.set_lr(lr)
         with stats.Collector(self.device) as collector:
             for phase in self.phases:
@@ -364,6 +278,7 @@ class Trainer:
         for net in (self.g, self.d):
             net.sync_buffers()
         self.progress.step += 1
+        self.watchdog.beat()
         batch = cfg.data.batch_size * ranks.world_size() * cfg.train.grad_accum  # samples per G update
         beta = ema_beta(cfg.train.ema_beta, cfg.train.ema_rampup, self.progress.step * batch, batch)
         update_ema(self.ema, self.g.module, beta)
@@ -395,26 +310,28 @@ class Trainer:
             )
 
     def _log(self, values: dict) -> None:
-        cfg = self.cfg
-        start, steps = self.window
-        now = time.perf_counter()
-        samples = (
-            (self.progress.step - steps) * cfg.loss.n_critic * cfg.train.grad_accum * cfg.data.batch_size
-        )
-        self.window = (now, self.progress.step)
-        self.monitor.log_step(
-            self.progress.step,
-            {
-                **values,
-                "g_lr": self.g.lr,
-                "d_lr": self.d.lr,
-                "samples_per_s": samples * ranks.world_size() / max(now - start, 1e-9),
-                "global_batch": cfg.data.batch_size * ranks.world_size() * cfg.train.grad_accum,
-                "skipped_g": self.g.skipped_steps,
-                "skipped_d": self.d.skipped_steps,
-                "epoch": self.loader.epoch,
-            },
-        )
+        """The step's statistics and how well the hardware was used since the last log line."""
+        cfg, step = self.cfg, self.progress.step
+        elapsed, waiting = self.timer.lap()
+        steps, self.window_start = step - self.window_start, step
+        samples = steps * cfg.loss.n_critic * cfg.train.grad_accum * cfg.data.batch_size * ranks.world_size()
+        tflops = self.step_flops * steps / max(elapsed, 1e-9) / 1e12
+        peak = self.peak_tflops * (ranks.world_size() if self.device.type == "cuda" else 1)
+        values = {
+            **values,
+            "g_lr": self.g.lr,
+            "d_lr": self.d.lr,
+            "samples_per_s": samples / max(elapsed, 1e-9),
+            "tflops": tflops,
+            "mfu": tflops / peak if peak > 0 else None,
+            "peak_memory_gb": peak_memory_gb(self.device),
+            "data_wait": waiting,
+            "global_batch": cfg.data.batch_size * ranks.world_size() * cfg.train.grad_accum,
+            "skipped_g": self.g.skipped_steps,
+            "skipped_d": self.d.skipped_steps,
+            "epoch": self.loader.epoch,
+        }
+        self.monitor.log_step(step, {k: v for k, v in values.items() if v is not None})
 
     # ------------------------------------------------------------------------------------------------
     # The run
@@ -539,10 +456,6 @@ class Trainer:
             self.monitor.message(f"step {step}: new best checkpoint (distance to real {distance:.4f})")
 
 
-def _warn(message: str) -> None:
-    print(f"b2b train: {message}", file=sys.stderr, flush=True)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="b2b train", description=__doc__.splitlines()[0])
     add_arguments(parser)
@@ -586,10 +499,27 @@ def run(args: argparse.Namespace) -> int:
             trainer.close()
         leftovers = {".lock", "status.json"}  # all a start that failed before training wrote
         folder = cfg.run_path
-        if created and ranks.rank() == 0 and folder.is_dir() and all(p.name in leftovers for p in folder.iterdir()):
+        if (
+            created
+            and ranks.rank() == 0
+            and folder.is_dir()
+            and all(p.name in leftovers for p in folder.iterdir())
+        ):
             import shutil
 
             shutil.rmtree(cfg.run_path, ignore_errors=True)  # a failed start leaves no empty run folder
+
+
+def _remove_if_only_leftovers(folder: Path, created: bool) -> None:
+    """A start that failed before training leaves no run folder behind (only the lock and status)."""
+    leftovers = {".lock", "status.json"}
+    if (
+        created
+        and ranks.rank() == 0
+        and folder.is_dir()
+        and all(p.name in leftovers for p in folder.iterdir())
+    ):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _failed(cfg: Config, trainer: Trainer | None, error: str) -> None:

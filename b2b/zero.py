@@ -11,7 +11,7 @@ Design, and why:
   DeepSpeed's backward epilogue (it fails on stages 0-2). ``engine.forward`` would also
   switch off the trainer's autocast (DeepSpeed keeps its own). The ZeRO-2 gradient hooks sit on the
   parameters' gradient accumulation, which ``autograd.grad`` with respect to the input never runs, so
-  they fire once, in :meth:`ZeroNet.backward` (``engine.backward``), like DDP's single reduction.
+  they fire once, in :meth:`ZeroNetwork.backward` (``engine.backward``), like DDP's single reduction.
 - **Weights stay float32; the trainer owns autocast** (:class:`b2b.network.Precision`). DeepSpeed's
   ``bf16``/``fp16`` modes cast the module to half precision, so the penalty's ``full_precision`` pass
   would run on rounded weights; its ``torch_autocast`` mode reduces Linear/Conv gradients in bf16. Here
@@ -59,7 +59,6 @@ ZERO_DIR = "zero"  # sub-folder of a checkpoint with DeepSpeed's per-rank files
 # (about DeepSpeed's default, 5e8). DeepSpeed allocates a bucket of this size; its default (2 GB of fp32)
 # would outweigh what ZeRO-2 saves on a model of this kind.
 MIN_BUCKET, MAX_BUCKET = 2**16, 2**29
-
 
 
 def deepspeed_config(cfg: Config, n_params: int, load_universal: bool = False) -> dict:
@@ -144,13 +143,13 @@ class ZeroNetwork(Network):
     Parameters
     ----------
     engine : deepspeed.DeepSpeedEngine
-        Built by :func:`build_zero_nets`.
+        Built by :func:`build_zero_networks`.
     optimizer : torch.optim.Optimizer
         The client optimizer inside ``engine.optimizer``.
     loss_scale : LossScale, optional
         fp16 only.
     scalar_parameters : list of nn.Parameter, optional
-        The module's 0-dim parameters, set up as shape (1,) for DeepSpeed (build_zero_nets).
+        The module's 0-dim parameters, set up as shape (1,) for DeepSpeed (build_zero_networks).
     """
 
     def __init__(
@@ -385,7 +384,7 @@ def build_zero_networks(
     deepspeed.init_distributed(dist_backend=dist.get_backend(), dist_init_required=False)
     nets = []
     for module, lr in ((generator, cfg.optim.g_lr), (critic, cfg.optim.d_lr)):
-        optimizer = build_optimizer(module, lr, cfg.optim.betas)
+        optimizer = build_optimizer(module, lr, cfg.optim.betas, cfg.train.adam)
         n_params = sum(p.numel() for p in module.parameters() if p.requires_grad)
         config = deepspeed_config(cfg, n_params, load_universal)
         with _scalar_parameters_as_vectors(module) as scalars:

@@ -77,22 +77,23 @@ class BareLoop:
     """The WGAN-GP step and nothing else: same networks, losses, optimizers, batch, n_critic and EMA."""
 
     def __init__(self, cfg, shape: list[int], batches: list[torch.Tensor]):
-        from b2b.engine import Precision
         from b2b.models import build_models
+        from b2b.network import Precision, build_optimizer, resolve_precision
 
         self.cfg = cfg
         torch.manual_seed(cfg.train.seed)
         self.g, self.d = build_models(cfg, shape)
         self.ema = copy.deepcopy(self.g).requires_grad_(False).eval()
-        betas = tuple(cfg.optim.betas)
-        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.optim.g_lr, betas=betas)
-        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.optim.d_lr, betas=betas)
+        self.opt_g = build_optimizer(self.g, cfg.optim.g_lr, cfg.optim.betas, cfg.train.adam)
+        self.opt_d = build_optimizer(self.d, cfg.optim.d_lr, cfg.optim.betas, cfg.train.adam)
         self.batches = itertools.cycle(batches)
-        self.autocast = Precision(cfg.train.precision, "cpu").autocast
+        self.autocast = Precision(
+            resolve_precision(cfg.train.precision, torch.device("cpu"))[0], "cpu"
+        ).autocast
 
     def step(self) -> None:
         from b2b.losses import critic_loss, generator_loss
-        from b2b.train import update_ema
+        from b2b.models import update_ema
 
         cfg = self.cfg
         self.g.requires_grad_(False)
@@ -118,7 +119,7 @@ class BareLoop:
 
 def build_trainer(shards: str, run_dir: Path, precision: str):
     from b2b.config import load_config
-from b2b.preflight import validate_for_training
+    from b2b.preflight import validate_for_training
     from b2b.train import Trainer
 
     cfg = load_config(DEMO, demo_overrides(shards, run_dir, "bench-trainer", precision, 10**9))

@@ -4,7 +4,7 @@
     python bench/bench_zero_memory.py --width 64 --steps 2
 
 For each path a fresh pair of processes builds the generator and critic (same seed), wraps them as the
-trainer does (b2b.engine.Net over DDP, or b2b.zero.build_zero_nets), and runs ``--steps`` b2b steps
+trainer does (b2b.network.Network over DDP, or b2b.zero.build_zero_networks), and runs ``--steps`` b2b steps
 (critic update with the gradient penalty, then generator update). Per rank it reports:
 
 - optimizer state: bytes of the Adam moments this rank holds (ZeRO: its partition), plus ZeRO's float32
@@ -37,9 +37,9 @@ import torch.multiprocessing as mp  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
 from b2b.config import load_config  # noqa: E402
-from b2b.engine import Net, Precision  # noqa: E402
 from b2b.losses import critic_loss, generator_loss  # noqa: E402
 from b2b.models import build_models  # noqa: E402
+from b2b.network import Network, Precision, build_optimizer  # noqa: E402
 
 PATHS = {"ddp": 0, "zero1": 1, "zero2": 2}
 MB = 2**20
@@ -73,15 +73,14 @@ def _config(args: argparse.Namespace, stage: int):
 
 def _nets(cfg, generator, critic, precision: Precision):
     if cfg.deepspeed.zero_stage:
-        from b2b.zero import build_zero_nets
+        from b2b.zero import build_zero_networks
 
-        return build_zero_nets(cfg, generator, critic, precision, steps_per_decay=1000)
+        return build_zero_networks(cfg, generator, critic, precision)
     nets = []
     for module, lr in ((generator, cfg.optim.g_lr), (critic, cfg.optim.d_lr)):
-        optimizer = torch.optim.Adam(module.parameters(), lr=lr, betas=tuple(cfg.optim.betas))
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1000, gamma=cfg.optim.lr_decay)
+        optimizer = build_optimizer(module, lr, cfg.optim.betas, cfg.train.adam)
         wrapped = DDP(module, forward_sync_buffers=False)  # the trainer's broadcast_buffers=False
-        nets.append(Net(module, wrapped, optimizer, scheduler, precision.make_scaler()))
+        nets.append(Network(module, wrapped, optimizer, precision.make_scaler()))
     return nets[0], nets[1]
 
 

@@ -24,7 +24,8 @@ try:
     import submitit
     from submitit.slurm.slurm import SlurmExecutor
 except ImportError:
-    sys.exit("submit: error: launching on Slurm needs submitit: pip install 'b2b[slurm]'")
+    print("submit: error: launching on Slurm needs submitit: pip install 'b2b[slurm]'", file=sys.stderr)
+    sys.exit(2)
 import slurm_job  # launch/ is on sys.path: it is this script's folder
 
 from b2b.config import load_config

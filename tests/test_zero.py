@@ -267,7 +267,7 @@ def _zero3_penalty_update(rank: int) -> str:
         model=critic, optimizer=optimizer, config=config, dist_init_required=False
     )
     try:
-        # Forwards through engine.module, as ZeroNet does; ZeRO-3's module hooks gather the weights.
+        # Forwards through engine.module, as ZeroNetwork does; ZeRO-3's module hooks gather the weights.
         loss = critic_loss(engine.module, real, fake, gp_lambda=10.0)
         engine.backward(loss.total)
         engine.step()
