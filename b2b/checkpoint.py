@@ -32,6 +32,7 @@ import errno
 import hashlib
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -239,8 +240,18 @@ def verify(folder: Path) -> None:
 def _load(path: Path, mmap: bool = False) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as exc:  # torch raises many types on a damaged or foreign file
-        raise CheckpointError(f"{path} cannot be loaded safely ({type(exc).__name__}: {exc})") from None
+    except pickle.UnpicklingError as exc:  # an object other than tensors and plain values: refused
+        lines = [x.strip() for x in str(exc).splitlines() if "GLOBAL" in x or "global" in x]
+        what = f" ({lines[0]})" if lines else ""
+        raise CheckpointError(
+            f"{path} cannot be loaded safely: it holds objects other than tensors and plain values{what}; "
+            "b2b never unpickles those (a checkpoint from elsewhere could run code)"
+        ) from None
+    except Exception as exc:  # torch raises many types on a damaged or truncated file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path} cannot be loaded: it is damaged or not a checkpoint file ({first})"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -408,10 +419,14 @@ class Checkpointer:
         for name, part in self._with_files().items():
             part.load_files(folder, name)
         if same_world:
-            mine = _load(folder / f"rank-{ranks.rank():05d}.pt")
+            path = folder / f"rank-{ranks.rank():05d}.pt"
+            mine = _load(path)
             for name, part in self._per_rank().items():
                 if name in mine:
-                    part.load_state_dict(mine[name])
+                    try:
+                        part.load_state_dict(mine[name])
+                    except CheckpointError as exc:
+                        raise CheckpointError(f"{path}: {exc}") from None
         return meta
 
     def abandon_after(self, step: int) -> list[Path]:
@@ -445,9 +460,8 @@ class Checkpointer:
         best = (self.root / BEST).resolve() if (self.root / BEST).is_symlink() else None
         gone = []
         for path in self.root.iterdir():
-            stale = (
-                (path.name.startswith(".step-") and path.name.endswith((".partial", "-universal")))
-                or (path.name.startswith(".best-") and path.resolve() != best)
+            stale = (path.name.startswith(".step-") and path.name.endswith((".partial", "-universal"))) or (
+                path.name.startswith(".best-") and path.resolve() != best
             )
             if stale or path.name == f".{BEST}.link":
                 shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
@@ -576,7 +590,10 @@ def export_generator(checkpoint: str | Path, out: str | Path, use_ema: bool = Tr
     generator, spec, cfg = load_generator(checkpoint, use_ema)
     checkpoint = resolve_checkpoint(checkpoint)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(f"--out {str(out)!r}: cannot create its folder ({exc.strerror})") from None
     metadata = {
         "b2b_config": json.dumps(cfg.to_dict()),
         "b2b_spec": json.dumps(spec.to_dict()),

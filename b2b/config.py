@@ -69,10 +69,12 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    g_lr: float = field(default=3e-4, metadata=_at_least(0.0))
-    d_lr: float = field(default=6e-4, metadata=_at_least(0.0))
+    g_lr: float = field(default=1e-3, metadata=_at_least(0.0))
+    d_lr: float = field(default=1e-3, metadata=_at_least(0.0))
     betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
-    lr_decay: float = field(default=0.75, metadata={"min": 0.0, "max": 1.0})  # the learning rate's factor every lr_decay_every epochs
+    lr_decay: float = field(
+        default=0.75, metadata={"min": 0.0, "max": 1.0}
+    )  # the learning rate's factor every lr_decay_every epochs
     lr_decay_every: int = field(default=25, metadata=_at_least(1))  # epochs between decays
 
 
@@ -83,11 +85,11 @@ class TrainConfig:
     steps: int = field(default=1000, metadata=_at_least(0))  # generator steps; 0: run `epochs`
     epochs: int = field(default=0, metadata=_at_least(0))  # used when steps == 0
     grad_accum: int = field(default=1, metadata=_at_least(1))
-    ema_beta: float = field(default=0.999, metadata={"min": 0.0, "max": 1.0})  # the EMA's longest memory
+    ema_beta: float = field(default=0.99, metadata={"min": 0.0, "max": 1.0})  # the EMA's longest memory
     # EMA ramp-up (StyleGAN2): its half-life is at most this share of the samples seen so far; 0: off
     ema_rampup: float = field(default=0.05, metadata={"min": 0.0, "max": 1.0})
     seed: int = 0
-    threshold: float = field(default=0.9, metadata={"min": 0.0, "max": 1.0})  # binarize samples
+    threshold: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})  # binarize samples
     dist_timeout_s: int = field(default=300, metadata=_at_least(10))  # collective timeout
     stall_timeout_s: int = field(default=900, metadata=_at_least(0))  # dump every thread's stack; 0: off
     peak_tflops: float = field(default=0.0, metadata=_at_least(0.0))  # MFU reference; 0: the device's
@@ -238,8 +240,9 @@ def _unknown_key(key: str, where: str) -> ConfigError:
 
     keys = valid_keys()
     close = difflib.get_close_matches(key, keys, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ConfigError(f"unknown config key {key!r}{where}{hint}; valid keys are: {', '.join(keys)}")
+    if close:
+        return ConfigError(f"unknown config key {key!r}{where}: did you mean {close[0]!r}? (docs/config.md)")
+    return ConfigError(f"unknown config key {key!r}{where}; valid keys are: {', '.join(keys)}")
 
 
 def _build(cls: type, values: dict, prefix: str, where: str) -> Any:
@@ -294,12 +297,17 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     where = ""
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"config file {str(path)!r} is a folder; give a YAML file (see configs/)")
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
         try:
             values = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {problem}{where}") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {str(path)!r} cannot be read ({exc})") from None
         if values is None:

@@ -155,6 +155,9 @@ def describe(cfg: Config, shape: list[int]) -> dict:
     g_layers[-1] = (g_layers[-1][0], generator.net[-1][0])
     d_layers = [(f"body.{i}", m) for i, m in enumerate(critic.body)] + [("head", critic.head)]
     g_rows = _rows(generator, g_layers, lambda: generator(z))
+    if generator.pitch_bias is not None:  # a parameter, not a module: its own row
+        bias = {"name": "pitch_bias", "kind": "learned bias per track and pitch", "flops": 0}
+        g_rows.append({**bias, "params": generator.pitch_bias.numel(), "output": g_rows[-1]["output"]})
     d_rows = _rows(critic, d_layers, lambda: critic(real))
 
     def critic_step(gp_lambda: float) -> int:

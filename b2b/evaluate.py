@@ -31,7 +31,7 @@ from b2b.metrics import (
     self_similarity,
 )
 from b2b.render import save_figure
-from b2b.spec import LPD5_TRACKS, RollSpec
+from b2b.spec import LPD5_TRACKS, RollSpec, spec_difference
 
 CHUNK = 256  # real samples per metrics update
 
@@ -99,12 +99,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def shards_spec(shards: str | Path) -> RollSpec:
     """The RollSpec recorded in a shards folder's manifest."""
-    from b2b.manifest import read_manifest
+    from b2b.manifest import manifest_spec, read_manifest
 
-    manifest = read_manifest(shards)
-    if "spec" not in manifest:
-        raise DataError(f"{Path(shards) / 'manifest.json'} has no 'spec'; rebuild the shards")
-    return RollSpec.from_dict(manifest["spec"])
+    return manifest_spec(read_manifest(shards), shards)
 
 
 def pick_split(shards: str | Path, split: str) -> str:
@@ -329,8 +326,9 @@ def run(args: argparse.Namespace) -> int:
         rolls, spec, source = _generated(args)
         if spec != real_spec:
             raise DataError(
-                f"the generated samples have spec {spec.to_dict()} but the shards in {data} have "
-                f"{real_spec.to_dict()}: compare with the corpus the model was trained on"
+                f"the generated samples differ from the samples in {data} "
+                f"({spec_difference(spec, real_spec)}, generated vs real): compare with the corpus the model "
+                "was trained on"
             )
         gen_ssm = self_similarity(rolls, spec)
     kept = len(rolls) if rolls is not None else DIVERSITY_N

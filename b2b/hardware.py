@@ -37,8 +37,11 @@ def gpu_peak_tflops(name: str, precision: str, tf32: bool) -> float | None:
 
 def cpu_peak_tflops(size: int = 1024, repeats: int = 5) -> float:
     """Measured float32 GEMM throughput of this process's threads: the best of ``repeats`` products."""
-    a = torch.randn(size, size)
-    b = torch.randn(size, size)
+    # A private generator: the global RNG is part of a run's state, and drawing from it here would shift
+    # a resumed run's random stream (it is measured after the checkpoint's RNG state is restored).
+    draws = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=draws)
+    b = torch.randn(size, size, generator=draws)
     torch.mm(a, b)  # warm-up
     best = float("inf")
     for _ in range(repeats):

@@ -58,6 +58,9 @@ def gradient_penalty(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient penalty ``E[(‖∇D(x̂)‖₂ - 1)²]``, all in float32.
 
+    Float32 tensors and no autocast; on GPUs with TF32 (``train.tf32``, Ampere and later) cuDNN and
+    cuBLAS run its convolutions and matmuls on TF32 tensor cores, as every float32 operation then is.
+
     Parameters
     ----------
     critic : nn.Module

@@ -47,6 +47,8 @@ def read_manifest(shards: str | Path) -> dict:
         raise DataError(f"{path} is not valid JSON ({exc}); rebuild the shards") from None
     if not isinstance(manifest, dict) or "shards" not in manifest or "shape" not in manifest:
         raise DataError(f"{path} is not a b2b shards manifest (no 'shards' or 'shape'); rebuild the shards")
+    if not isinstance(manifest["shards"], list) or not all(isinstance(e, dict) for e in manifest["shards"]):
+        raise DataError(f"{path}: 'shards' must be a list of shard entries; rebuild the shards")
     return manifest
 
 
@@ -76,6 +78,19 @@ def shard_path(shards: str | Path, name: object) -> Path:
             "a manifest may only name files inside its own folder: rebuild the shards"
         )
     return path
+
+
+def manifest_spec(manifest: dict, shards: str | Path):
+    """The manifest's :class:`~b2b.spec.RollSpec` (tracks, grid), checked."""
+    from b2b.spec import RollSpec
+
+    try:
+        return RollSpec.from_dict(manifest["spec"])
+    except (KeyError, TypeError, ValueError) as exc:
+        where = Path(shards) / MANIFEST
+        raise DataError(
+            f"{where} has no valid 'spec' ({type(exc).__name__}: {exc}); rebuild the shards"
+        ) from None
 
 
 def reference_split(manifest: dict) -> str:

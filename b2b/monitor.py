@@ -31,6 +31,10 @@ LINE_FIELDS = (
     ("W", "wasserstein", "{:.3f}"),
     ("GP", "penalty", "{:.3f}"),
     ("lr", "g_lr", "{:.1e}"),
+    ("TFLOP/s", "tflops", "{:.3g}"),
+    ("MFU", "mfu", "{:.1%}"),
+    ("mem", "peak_memory_gb", "{:.2f} GB"),
+    ("data", "data_wait", "{:.0%}"),  # the share of the step spent waiting for the next batch
 )
 
 
@@ -93,11 +97,13 @@ class Monitor:
 
     def log_step(self, step: int, values: Mapping[str, Any]) -> None:
         """A step's statistics: metrics.jsonl and the tracker, then the bar's postfix or a plain line
-        ``step N/M | D | G | W | GP | lr | samples/s | ETA``."""
+        ``step N/M | D | G | W | GP | lr | TFLOP/s | MFU | mem | data | samples/s | ETA``."""
         if not self.enabled:
             return
         self.write(step, values)
-        shown = {label: fmt.format(values[key]) for label, key, fmt in LINE_FIELDS if key in values}
+        shown = {
+            label: fmt.format(values[key]) for label, key, fmt in LINE_FIELDS if values.get(key) is not None
+        }
         shown["smp/s"] = f"{values.get('samples_per_s', 0.0):.0f}"
         if self.bar is not None:
             self.bar.set_postfix(shown, refresh=False)

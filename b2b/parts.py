@@ -108,8 +108,15 @@ def choose_checkpoint(cfg: Config, device: torch.device) -> Path | None:
     removing leftovers of killed saves); every rank takes its choice, so all load the same one."""
     choice = None
     if ranks.rank() == 0:
-        for path in Checkpointer(cfg.run_path, {}, keep=1).remove_leftovers():
+        checkpointer = Checkpointer(cfg.run_path, {}, keep=1)
+        for path in checkpointer.remove_leftovers():
             warn(f"removed {path}, left by an interrupted save")
+        if cfg.checkpoint.resume == "never" and (moved := checkpointer.abandon_after(-1)):
+            print(
+                f"checkpoint.resume=never: a new run; moved {', '.join(p.name for p in moved)} to "
+                f"{moved[0].parent}",
+                flush=True,
+            )
         choice = choose_resume(cfg.run_path, cfg.checkpoint.resume, warn=warn)
     step = torch.tensor([-1 if choice is None else int(read_meta(choice)["step"])], device=device)
     ranks.broadcast(step)

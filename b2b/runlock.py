@@ -27,8 +27,13 @@ class RunLock:
 
     def __init__(self, run_path: Path):
         self.path = Path(run_path) / LOCK_FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = open(self.path, "a+")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = open(self.path, "a+")
+        except OSError as exc:
+            raise B2BError(
+                f"cannot create the run folder {self.path.parent} ({exc.strerror}): check run_dir"
+            ) from None
         try:
             fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

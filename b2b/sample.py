@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from tqdm import tqdm
 from b2b.atomic import temporary_path, write_text
 from b2b.errors import B2BError
 from b2b.render import phrase_audio, roll_to_midi, save_roll_grid, save_wav, write_midi
-from b2b.spec import RollSpec
+from b2b.spec import RollSpec, spec_difference
 
 INFO_FILE = "samples.json"
 
@@ -83,9 +84,14 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise B2BError(f"--device {name!r} is not a torch device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise B2BError(
+            f"--device {name}: this machine has no CUDA GPU torch can use; use --device cpu (or auto)"
+        )
+    return device
 
 
 @torch.no_grad()
@@ -248,7 +254,7 @@ def gallery_html(entries: list[dict], info: dict, real_entries: list[dict] | Non
     compare = '; real beside generated: <a href="compare.png">compare.png</a>' if real_entries else ""
     real_section = ""
     if real_entries:
-        real_section = f"""<h2>Real samples ({e(info["figures"]["real"])})</h2>
+        real_section = f"""<h2>Real samples ({e(info["real_source"])})</h2>
 <div class="grid">
 {_cards(real_entries, "real")}
 </div>"""
@@ -290,10 +296,11 @@ def _real_data(arg: str | None, cfg, spec: RollSpec) -> Path | None:
     from b2b.evaluate import shards_spec
 
     if arg is not None:
-        if shards_spec(arg) != spec:
+        data_spec = shards_spec(arg)
+        if data_spec != spec:
             raise DataError(
-                f"--data {arg!r} holds samples of another roll spec than the generator's "
-                f"({spec.shape}): compare with the corpus the model was trained on"
+                f"--data {arg!r} holds another kind of sample than the generator makes "
+                f"({spec_difference(data_spec, spec)}): compare with the corpus the model was trained on"
             )
         return Path(arg)
     path = Path(cfg.data.shards)
@@ -310,8 +317,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise B2BError(f"--threshold must be within [0, 1], got {args.threshold}")
-    if args.tempo <= 0:
-        raise B2BError(f"--tempo must be > 0 beats per minute, got {args.tempo}")
+    if not (math.isfinite(args.tempo) and 0 < args.tempo <= 1000):
+        raise B2BError(f"--tempo must be a number of beats per minute in (0, 1000], got {args.tempo}")
+    if not 1000 <= args.sample_rate <= 384000:
+        raise B2BError(f"--sample-rate must be in 1000..384000 samples per second, got {args.sample_rate}")
+    if args.n < 1:
+        raise B2BError(f"--n must be at least 1, got {args.n}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise B2BError(f"--out {args.out!r} is a file; give a folder for the samples")
     if args.measure < 0:
         raise B2BError(f"--measure must be 0 (off) or a number of samples, got {args.measure}")
     generator, spec, cfg = load_generator(args.checkpoint, use_ema=not args.no_ema)
@@ -344,13 +357,14 @@ def run(args: argparse.Namespace) -> int:
         from b2b.reference import RealReference
 
         reference = RealReference.from_shards(data, spec, kept=max(measure, args.n))
+        info["real_source"] = f"{data} ({reference.source['split']} split)"
         real = reference.samples[: args.n]
         real_entries = render_samples(real, spec, out, prefix="real", **settings)
         save_comparison(real, rolls, spec, out / "compare.png")
         figures = reference.compare(rolls[:measure]) if measure >= 2 else None
         if figures is not None:
             figures.pop("metrics")
-            info["figures"] = {**figures, "n": measure, "real": f"{data} ({reference.source['split']} split)"}
+            info["figures"] = {**figures, "n": measure, "real": info["real_source"]}
         info["real_samples"] = real_entries
     write_text(out / INFO_FILE, json.dumps(info, indent=2))
     write_text(out / "index.html", gallery_html(entries, info, real_entries))
@@ -386,8 +400,13 @@ def load_samples(folder: str | Path) -> tuple[np.ndarray, RollSpec, dict]:
     info_path = folder / INFO_FILE
     if not info_path.is_file():
         raise B2BError(f"{info_path} does not exist: --samples needs a folder written by `b2b sample`")
-    info = json.loads(info_path.read_text())
-    spec = RollSpec.from_dict(info["spec"])
+    try:
+        info = json.loads(info_path.read_text())
+        spec = RollSpec.from_dict(info["spec"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise B2BError(
+            f"{info_path} is not a `b2b sample` record ({type(exc).__name__}: {exc}); sample again"
+        ) from None
     rolls = []
     for entry in info["samples"]:
         path = folder / entry["npz"]

@@ -309,6 +309,9 @@ def _validate(opts: BuildOptions) -> None:
         raise ConfigError(f"--source {opts.source} needs --input DIR (a folder of source files)")
     if opts.output.exists() and not opts.output.is_dir():
         raise DataError(f"--output {str(opts.output)!r} exists and is not a folder")
+    blocking = next((p for p in opts.output.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise DataError(f"--output {str(opts.output)!r} cannot be created: {str(blocking)!r} is a file")
 
 
 def _read_json(path: Path) -> dict | None:

@@ -18,7 +18,7 @@ import numpy as np
 from b2b.atomic import file_sha256
 from b2b.codec import decode_roll
 from b2b.errors import ConfigError, DataError
-from b2b.manifest import MANIFEST, read_manifest, shard_path
+from b2b.manifest import MANIFEST, manifest_spec, read_manifest, shard_path
 from b2b.shards import DEFAULTS, BuildOptions, build_shards
 from b2b.sources import LAYOUTS
 from b2b.spec import RollSpec
@@ -53,13 +53,15 @@ def verify_shards(shards_dir: str | Path, manifest: dict) -> list[str]:
         if file_sha256(path) != record["sha256"]:
             problems.append(f"{record['name']}: sha256 differs from the manifest (changed or damaged)")
             continue
+        member = None
         try:
             with tarfile.open(path) as tar:
                 members = [m for m in tar if m.isfile()]
-                for m in members:
-                    decode_roll(tar.extractfile(m).read(), shape)
+                for member in members:
+                    decode_roll(tar.extractfile(member).read(), shape)
         except (tarfile.TarError, ValueError) as exc:
-            problems.append(f"{record['name']}: {exc}")
+            where = f"sample {member.name.rsplit('.', 1)[0]!r}: " if member is not None else ""
+            problems.append(f"{record['name']}: {where}{exc}")
             continue
         if len(members) != record["n"]:
             problems.append(
@@ -70,7 +72,7 @@ def verify_shards(shards_dir: str | Path, manifest: dict) -> list[str]:
 
 def summary(shards_dir: str | Path, manifest: dict) -> str:
     """A human-readable summary of a shards folder."""
-    spec = RollSpec.from_dict(manifest["spec"])
+    spec = manifest_spec(manifest, shards_dir)
     counts = Counter(r["split"] for r in manifest["shards"])
     source = manifest.get("source", {})
     low, high = spec.lowest_pitch, spec.lowest_pitch + spec.n_pitches - 1
@@ -124,10 +126,14 @@ def inspect_shards(
     records = [r for r in manifest["shards"] if r["split"] == split]
     if not records or n < 1:
         return text, None
-    spec = RollSpec.from_dict(manifest["spec"])
+    spec = manifest_spec(manifest, shards_dir)
     rolls = read_samples(shards_dir, records[0], spec.shape, limit=n)
     # Beside the user, not inside the data folder (which may be shared or read-only).
     path = Path(png) if png is not None else Path(f"{shards_dir.resolve().name}-{split}.png")
+    if path.is_dir():
+        raise DataError(
+            f"--png {str(path)!r} is a folder; give the image's file name, e.g. {path / 'samples.png'}"
+        )
     save_roll_grid(
         rolls,
         spec,

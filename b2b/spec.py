@@ -101,7 +101,9 @@ class RollSpec:
                 f"steps_per_bar ({self.steps_per_bar}) must be a multiple of beats_per_bar "
                 f"({self.beats_per_bar}) so that every beat has the same number of steps"
             )
-        if not 0 <= self.lowest_pitch <= 127 or self.lowest_pitch + self.n_pitches > 128:
+        if not 0 <= self.lowest_pitch <= 127:
+            raise ShapeError(f"lowest_pitch must be a MIDI pitch in 0..127, got {self.lowest_pitch}")
+        if self.lowest_pitch + self.n_pitches > 128:
             raise ShapeError(
                 f"lowest_pitch + n_pitches = {self.lowest_pitch} + {self.n_pitches} = "
                 f"{self.lowest_pitch + self.n_pitches} exceeds MIDI's 128 pitches (0..127); "
@@ -119,3 +121,16 @@ class RollSpec:
         d = dict(d)
         d["tracks"] = tuple(Track(**t) for t in d["tracks"])
         return cls(**d)
+
+
+def spec_difference(a: RollSpec, b: RollSpec) -> str:
+    """The fields in which two specs differ, e.g. ``shape [4, 64, 48] vs [17, 64, 48]; tracks ...``."""
+    parts = []
+    if a.shape != b.shape:
+        parts.append(f"shape {list(a.shape)} vs {list(b.shape)}")
+    if [t.name for t in a.tracks] != [t.name for t in b.tracks]:
+        parts.append(f"tracks {[t.name for t in a.tracks]} vs {[t.name for t in b.tracks]}")
+    for name in ("steps_per_bar", "beats_per_bar", "lowest_pitch"):
+        if getattr(a, name) != getattr(b, name):
+            parts.append(f"{name} {getattr(a, name)} vs {getattr(b, name)}")
+    return "; ".join(parts) or "programs or drum flags differ"

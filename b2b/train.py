@@ -48,6 +48,7 @@ from b2b.describe import describe
 from b2b.errors import B2BError, DataError
 from b2b.hardware import StepTimer, peak_memory_gb, peak_tflops
 from b2b.losses import critic_loss, generator_loss
+from b2b.manifest import manifest_spec
 from b2b.models import Generator, binarize, ema_beta, recalibrate_batchnorm, update_ema
 from b2b.monitor import Monitor, is_better, write_status
 from b2b.network import Network, Precision, resolve_precision
@@ -131,7 +132,7 @@ class Trainer:
     saved_at: int = -1
 
     def __init__(self, cfg: Config, manifest: dict):
-        self.cfg, self.spec, self.run_path = cfg, RollSpec.from_dict(manifest["spec"]), cfg.run_path
+        self.cfg, self.spec, self.run_path = cfg, manifest_spec(manifest, cfg.data.shards), cfg.run_path
         log_with = tracker_kind(cfg)
         self.accelerator = parts.make_accelerator(cfg, log_with)
         self.device = self.accelerator.device
@@ -196,6 +197,7 @@ class Trainer:
         if meta is not None:
             self.checkpointer.load(source)
             parts.announce_resume(self.checkpointer, source, self.progress.step, meta["world_size"])
+            self.saved_at = self.progress.step  # that checkpoint exists
             parts.announce_schedule(cfg, meta, self.loader.epochs_done)
             ranks.barrier()
         self.monitor = Monitor(
@@ -338,6 +340,13 @@ class Trainer:
 
     def run(self) -> int:
         """Train to ``total_steps`` or until a stop signal; returns the process exit code."""
+        if self.progress.step >= self.total_steps:  # e.g. the same command again after the run finished
+            self.monitor.message(
+                f"the run already reached step {self.progress.step} (it trains {self.total_steps} steps): "
+                "nothing to train; raise train.steps to train on"
+            )
+            self.monitor.status("finished", self.progress.step)
+            return 0
         self.start()
         while self.progress.step < self.total_steps:
             stopped_by = self.train_step()

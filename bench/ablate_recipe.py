@@ -49,12 +49,23 @@ DEFAULT_CORPORA = [f"{name}=shards/ablate-{name}" for name in CORPORA_BUILD]
 # Each variant changes the config under test in a few keys; "default" is the config as it is.
 VARIANTS: dict[str, list[str]] = {
     "default": [],
-    "seed-recipe": [  # the seed's training recipe on the same networks
-        "model.output=sigmoid",
-        "model.density_init=false",
-        "optim.g_lr=0.0003",
-        "optim.d_lr=0.0006",
-        "train.threshold=0.9",
+    # The demo as it was before this recipe (it collapsed): probabilities to the critic, no output bias
+    # from the data, every critic layer normalized, a plain EMA.
+    "before": [
+        *("model.output=sigmoid", "model.density_init=false", "model.pitch_bias=false"),
+        *("model.critic_norm_first=true", "train.ema_rampup=0"),
+    ],
+    # The seed project's recipe on the same networks (configs/seed.yaml): also its learning rates, its
+    # batch-normalized critic, its 0.9 threshold and no EMA (samples from the raw generator).
+    "seed-recipe": [
+        *("model.output=sigmoid", "model.density_init=false", "model.pitch_bias=false"),
+        *(
+            "model.critic_norm=batch",
+            "model.critic_norm_first=true",
+            "train.ema_beta=0",
+            "train.ema_rampup=0",
+        ),
+        *("optim.g_lr=0.0003", "optim.d_lr=0.0006", "train.threshold=0.9"),
     ],
     "sigmoid": ["model.output=sigmoid"],
     "binary-stoch": ["model.output=binary_stoch"],

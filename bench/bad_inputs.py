@@ -208,7 +208,7 @@ class Context:
     @cached_property
     def samples(self) -> Path:
         out = self.root / "samples"
-        args = ["--checkpoint", self.export, "--n", "2", "--measure", "0", "--out", out, "--no-progress"]
+        args = ["--checkpoint", self.export, "--n", "2", "--measure", "8", "--out", out, "--no-progress"]
         result = self.b2b("sample", *args, "--synth", "fallback", "--sample-rate", "8000")
         if result.returncode != 0:
             raise RuntimeError(f"sampling failed:\n{result.stderr[-3000:]}")
@@ -258,15 +258,10 @@ for fault, overrides in [
     ("unknown key in an override (typo `train.stpes`)", ["train.stpes=5"]),
     ("override without `=` (`train.steps 5`)", ["train.steps", "5"]),
     ("wrong type: `data.batch_size=abc`", ["data.batch_size=abc"]),
-    ("float for an integer: `train.steps=2.5`", ["train.steps=2.5"]),
-    ("not a boolean: `log.progress=maybe`", ["log.progress=maybe"]),
-    ("not a list: `optim.betas=0.5`", ["optim.betas=0.5"]),
     ("below the minimum: `data.batch_size=0`", ["data.batch_size=0"]),
-    ("above the maximum: `model.dropout=1.5`", ["model.dropout=1.5"]),
     ("not a valid choice: `train.precision=fp8`", ["train.precision=fp8"]),
     ("NaN: `optim.g_lr=nan`", ["optim.g_lr=nan"]),
     ("infinity: `loss.gp_lambda=inf`", ["loss.gp_lambda=inf"]),
-    ("NaN inside a list: `optim.betas=[0.5, nan]`", ["optim.betas=[0.5, nan]"]),
     ("betas out of range: `optim.betas=[0.5, 1.0]`", ["optim.betas=[0.5, 1.0]"]),
     ("`train.steps=0` and `train.epochs=0`", ["train.steps=0", "train.epochs=0"]),
     (
@@ -276,11 +271,8 @@ for fault, overrides in [
     ("run name `..`", ["name=.."]),
     ("run name `a/b`", ["name=a/b"]),
     ("run name with a newline", ["name=run\nrm -rf"]),
-    ("control character in `data.shards`", ["data.shards=shards\tdemo"]),
-    ("impossible sample shape `data.shape=[5, 16]`", ["data.shape=[5, 16]"]),
     ("`data.shape` disagrees with the shards", ["data.shape=[5, 32, 48]"]),
     ("`deepspeed.zero_stage=3`", ["deepspeed.zero_stage=3"]),
-    ("`deepspeed.zero_stage=5`", ["deepspeed.zero_stage=5"]),
 ]:
     case("config", fault)(_train_overrides(*overrides))
 
@@ -289,8 +281,6 @@ for fault, text in [
     ("empty YAML file (only a comment)", "# nothing yet\n"),
     ("invalid YAML (unclosed bracket)", "model: {g_width: 8\ntrain: [\n"),
     ("YAML file that is a list, not a mapping", "- train.steps=5\n"),
-    ("a section that is not a mapping (`model: 5`)", "model: 5\n"),
-    ("wrong type in the YAML file (`train: {steps: many}`)", "train:\n  steps: many\n"),
     ("config file that is not text (binary bytes)", b"\x89PNG\r\n\x1a\n\xff\xfe\x00\x00"),
 ]:
     case("config", fault)(_train_file(text))
@@ -324,16 +314,6 @@ def _(ctx: Context) -> Result:
     return ctx.train(env=env)
 
 
-@case("config", "accelerate config's ZeRO stage contradicts `deepspeed.zero_stage`")
-def _(ctx: Context) -> Result:
-    env = {
-        "ACCELERATE_USE_DEEPSPEED": "true",
-        "ACCELERATE_CONFIG_DS_FIELDS": "zero_stage,mixed_precision",
-        "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2",
-    }
-    return ctx.train("deepspeed.zero_stage=1", env=env)
-
-
 case("cli", "unknown command (`b2b trian`)")(lambda ctx: ctx.b2b("trian"))
 
 
@@ -342,9 +322,13 @@ case("cli", "unknown command (`b2b trian`)")(lambda ctx: ctx.b2b("trian"))
 
 def _lpd_build(*args: object) -> Callable[[Context], Result]:
     """``b2b shards build`` of the LPD songs with ``args`` (the fault) added."""
-    out = ("cases", "out")
-    return lambda ctx: ctx.build("--source", "lpd", "--input", ctx.lpd, "--output", ctx.root.joinpath(*out),
-                                 "--workers", "1", "--no-progress", *args)  # fmt: skip
+
+    def run(ctx: Context) -> Result:
+        out = ctx.root / "cases" / "out"
+        return ctx.build("--source", "lpd", "--input", ctx.lpd, "--output", out, "--tracks", "lpd5",
+                         "--workers", "1", "--no-progress", *args)  # fmt: skip
+
+    return run
 
 
 case("shards build", "`--input` folder does not exist")(
@@ -358,6 +342,9 @@ case("shards build", "`--source demo` with `--input`")(
 )
 case("shards build", "`--tracks` with `--source demo`")(
     lambda ctx: ctx.build("--source", "demo", "--tracks", "lpd5")
+)
+case("shards build", "LPD-5 files with the default `--tracks lpd17`")(
+    lambda ctx: _build_from(ctx, "lpd", ctx.lpd)
 )
 case("shards build", "`--n-bars abc`")(_lpd_build("--n-bars", "abc"))
 case("shards build", "window longer than every song (`--n-bars 64`, songs have 16 bars)")(
@@ -403,9 +390,9 @@ def _build_from(ctx: Context, kind: str, folder: Path, *extra: object) -> Result
                      *extra)  # fmt: skip
 
 
-@case("shards build", "every .npz file is corrupt (random bytes)")
+@case("shards build", "every .npz file is corrupt (garbage bytes)")
 def _(ctx: Context) -> Result:
-    folder = _source_folder(ctx, "corrupt-npz", {f"song{i}.npz": os.urandom(300) for i in range(3)})
+    folder = _source_folder(ctx, "corrupt-npz", {f"song{i}.npz": bytes(range(i, 256)) for i in range(3)})
     return _build_from(ctx, "lpd", folder)
 
 
@@ -623,12 +610,6 @@ def _(ctx: Context) -> Result:
     return ctx.train(f"data.shards={shards}")
 
 
-@case("train", "manifest's `encoding` is unknown")
-def _(ctx: Context) -> Result:
-    shards = _edit_manifest(ctx.copy_shards("enc-t"), lambda m: m.update(encoding="zstd-bits/9"))
-    return ctx.train(f"data.shards={shards}")
-
-
 @case("train", "shards hold only a val split")
 def _(ctx: Context) -> Result:
     edit = lambda m: m.update(shards=[s for s in m["shards"] if s["split"] == "val"], n_train=0)  # noqa: E731
@@ -779,27 +760,10 @@ def _(ctx: Context) -> Result:
     return _resume(ctx, folder)
 
 
-@case("resume/checkpoints", "garbage meta.json")
-def _(ctx: Context) -> Result:
-    folder = ctx.copy_checkpoint("meta-garbage")
-    (folder / "meta.json").write_text("{not json")
-    return _resume(ctx, folder)
-
-
-@case("resume/checkpoints", "garbage meta.json, COMPLETE's digest rewritten to match")
+@case("resume/checkpoints", "garbage meta.json (COMPLETE's digest rewritten to match)")
 def _(ctx: Context) -> Result:
     folder = ctx.copy_checkpoint("meta-garbage-rehash")
     (folder / "meta.json").write_text("{not json")
-    _rewrite_digest(folder, "meta.json")
-    return _resume(ctx, folder)
-
-
-@case("resume/checkpoints", "meta.json without `step` (digest rewritten)")
-def _(ctx: Context) -> Result:
-    folder = ctx.copy_checkpoint("meta-nostep")
-    meta = json.loads((folder / "meta.json").read_text())
-    del meta["step"]
-    (folder / "meta.json").write_text(json.dumps(meta))
     _rewrite_digest(folder, "meta.json")
     return _resume(ctx, folder)
 
@@ -875,7 +839,7 @@ def _(ctx: Context) -> Result:
 
 def _sample(ctx: Context, checkpoint: Path | str, *extra: object) -> Result:
     out = ctx.root / "cases" / "sample-out"
-    return ctx.b2b("sample", "--checkpoint", checkpoint, "--out", out, "--n", "2", "--measure", "0",
+    return ctx.b2b("sample", "--checkpoint", checkpoint, "--out", out, "--n", "2", "--measure", "8",
                    "--no-progress", "--synth", "fallback", "--sample-rate", "8000", *extra)  # fmt: skip
 
 
@@ -888,13 +852,6 @@ case("sample", "`--checkpoint` is a folder with no checkpoint")(
 @case("sample", "`--checkpoint` is a garbage .safetensors file")
 def _(ctx: Context) -> Result:
     return _sample(ctx, ctx.file("garbage-export", b"\x00" * 64, "gen.safetensors"))
-
-
-@case("sample", "`--checkpoint` is a truncated export")
-def _(ctx: Context) -> Result:
-    path = ctx.fresh("trunc-export") / "gen.safetensors"
-    path.write_bytes(ctx.export.read_bytes()[:2000])
-    return _sample(ctx, path)
 
 
 @case("sample", "`--checkpoint` is a safetensors file not written by b2b")
@@ -919,9 +876,7 @@ def _(ctx: Context) -> Result:
 
 for fault, extra in [
     ("`--n 0`", ["--n", "0"]),
-    ("`--threshold 1.5`", ["--threshold", "1.5"]),
     ("`--threshold nan`", ["--threshold", "nan"]),
-    ("`--tempo 0`", ["--tempo", "0"]),
     ("`--tempo nan`", ["--tempo", "nan"]),
     ("`--sample-rate 0`", ["--sample-rate", "0"]),
     ("`--measure -1`", ["--measure", "-1"]),
@@ -934,8 +889,8 @@ for fault, extra in [
 case("sample", "`--data` holds another roll spec than the generator's")(
     lambda ctx: _sample(ctx, ctx.export, "--data", ctx.other_shards)
 )
-case("sample", "`--data` folder does not exist")(
-    lambda ctx: _sample(ctx, ctx.export, "--data", ctx.root / "no-shards")
+case("sample", "`--measure 0` (off) while the run's shards are present")(
+    lambda ctx: _sample(ctx, ctx.export, "--measure", "0")
 )
 case("sample", "`--out` is an existing file")(
     lambda ctx: ctx.b2b(
@@ -1118,30 +1073,51 @@ def _(ctx: Context) -> Result:
 # The table
 
 
+PROGRESS_BAR = re.compile(r"\d+%\|")  # a tqdm line, e.g. "real val samples:  40%|####  | 6/15"
+WARNING = re.compile(r"^(\S+( \S+)?: )?warning: ")  # "warning: ..." or "b2b train: warning: ..."
+
+
+def user_lines(stderr: str) -> list[str]:
+    """The lines of ``stderr`` that say something: without argparse's usage block and progress bars."""
+    lines, in_usage = [], False
+    for line in stderr.splitlines():
+        if line.startswith("usage:"):
+            in_usage = True
+            continue
+        if in_usage and line.startswith(" "):
+            continue
+        in_usage = False
+        if line.strip() and not PROGRESS_BAR.search(line):
+            lines.append(line)
+    return lines
+
+
 def summarize(result: Result, root: Path) -> tuple[str, str]:
     """The message the user sees (placeholders for temporary paths) and whether it is one clear line."""
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    traceback = any(line.startswith("Traceback (most recent call last)") for line in lines)
-    usage = [line for line in lines if not line.startswith(("usage:", " "))]
-    if traceback:
+    lines = user_lines(result.stderr)
+    warnings = [line for line in lines if WARNING.match(line)]
+    errors = [line for line in lines if not WARNING.match(line)]
+    after = f" (after {len(warnings)} warning line{'s' if len(warnings) > 1 else ''})" if warnings else ""
+    if any(line.startswith("Traceback (most recent call last)") for line in lines):
         message, clear = f"Traceback … {lines[-1]}", "no: traceback"
-    elif result.returncode == 0 and not lines:
+    elif errors:
+        message = errors[0]
+        clear = f"yes{after}" if len(errors) == 1 else f"no: the message spans {len(errors)} lines"
+    elif warnings:
+        message, clear = warnings[0], "yes" if len(warnings) == 1 else f"no: {len(warnings)} warning lines"
+    elif result.returncode == 0:
         first = next((line for line in result.stdout.splitlines() if line.strip()), "")
         message, clear = f"(nothing on stderr; stdout: {first})", "no: accepted silently"
-    elif not lines:
-        message, clear = "(nothing on stderr)", "no: no message"
     else:
-        # argparse prints its usage lines before the error: the error is the line that counts.
-        message = usage[0] if usage else lines[0]
-        clear = "yes" if len(usage) == 1 else f"no: {len(usage)} lines"
-    if result.note:
-        message += f" [{result.note}]"
-    return shorten(message, root), clear
+        message, clear = "(nothing on stderr)", "no: no message"
+    message = shorten(message, root)
+    return (f"{message} [{result.note}]" if result.note else message), clear
 
 
 def shorten(message: str, root: Path) -> str:
     for path, placeholder in ((str(root.resolve()), "DIR"), (str(root), "DIR"), (str(REPO), "REPO")):
         message = message.replace(path, placeholder)
+    message = re.sub(r"\.tmp-\d+", ".tmp-PID", message)  # temporary names carry a process id
     message = re.sub(r"\s+", " ", message).strip()
     return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
 
@@ -1163,8 +1139,9 @@ Each row is one kind of bad input or fault, tried with the real command (`b2b ..
 `python launch/submit.py --dry-run`) on small real inputs in a temporary folder: what the user sees is
 the exit status and the first line on stderr (for a Python traceback, its last line), with the temporary
 folder written as `DIR` and the repository as `REPO`; long messages are cut at {max} characters. *One
-clear line* means no traceback and a single line on stderr (argparse's usage lines before its error are
-not counted); *accepted silently* means the command succeeded without a word about the fault.
+clear line* means no traceback and the message on a single line of stderr; argparse's usage lines, progress
+bars and `warning:` lines about single files before it are not counted (the column says how many warnings
+came first). *Accepted silently* means the command succeeded without a word about the fault.
 
 Reproduce (a few minutes on 2 cores; `--list` shows the cases, `-k WORD` runs some of them):
 
@@ -1176,7 +1153,7 @@ python bench/bad_inputs.py --out docs/robustness.md
 
 
 def render(rows: list[tuple[int, Case, Result, str, str]]) -> str:
-    clear = sum(1 for *_, ok in rows if ok == "yes")
+    clear = sum(1 for *_, ok in rows if ok.startswith("yes"))
     lines = [
         INTRO.format(max=MAX_MESSAGE),
         f"{len(rows)} cases; {clear} answered with one clear line.\n",
@@ -1197,6 +1174,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print the cases without running them")
     parser.add_argument("-k", dest="keyword", help="only cases whose area or fault contain this (any case)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (its path is printed)")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print the whole stderr of every case that is not one clear line",
+    )
     args = parser.parse_args(argv)
 
     chosen = [
@@ -1216,9 +1199,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for number, item in chosen:
             began = time.perf_counter()
-            result = item.run(ctx)
+            try:
+                result = item.run(ctx)
+            except Exception as exc:  # the case could not be prepared: keep the row, go on
+                result = Result(-1, "", f"(the case itself failed: {type(exc).__name__}: {exc})")
             message, ok = summarize(result, root)
             rows.append((number, item, result, message, ok))
+            if args.verbose and not ok.startswith("yes"):
+                print(result.stderr.replace(str(root), "DIR"), file=sys.stderr)
             print(
                 f"{number:3d} {time.perf_counter() - began:5.1f}s exit {result.returncode:3d} {ok:22s} "
                 f"{item.area}: {item.fault}",
@@ -1236,7 +1224,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(text)
     else:
         print(text)
-    clear = sum(1 for *_, ok in rows if ok == "yes")
+    clear = sum(1 for *_, ok in rows if ok.startswith("yes"))
     elapsed = time.perf_counter() - start
     print(f"{len(rows)} cases, {clear} one clear line, in {elapsed:.0f} s", file=sys.stderr)
     return 0

@@ -115,3 +115,20 @@ def test_midi_reader_warnings_name_the_file(tmp_path: Path, capsys) -> None:
     assert main([*args, "--n-bars", "2", "--workers", "1", "--no-progress", "--val-fraction", "0"]) == 0
     err = capsys.readouterr().err
     assert f"warning: {path}: Tempo, Key or Time signature change events found on non-zero tracks" in err
+
+
+@pytest.mark.parametrize("example", sorted((REPO / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_each_example_config_describes_and_dry_runs(
+    example: Path, tiny_shards: Path, tmp_path: Path, capsys
+) -> None:
+    """Each example is a valid config: `b2b describe` takes it, and so does `launch/submit.py --dry-run`
+    (on the tiny shards, since the example's own data is a download away)."""
+    sys.path.insert(0, str(REPO / "launch"))
+    import submit
+
+    assert main(["describe", "--config", str(example), f"data.shards={tiny_shards}"]) == 0
+    assert "expected memory per rank" in capsys.readouterr().out
+    args = ["--config", str(example), f"data.shards={tiny_shards}", f"run_dir={tmp_path}", "--dry-run"]
+    assert submit.main([*args, "--nodes", "1", "--gpus-per-node", "1"]) == 0
+    assert "#SBATCH --gpus-per-node=1" in capsys.readouterr().out
+    assert example.read_text().startswith("# ")  # a comment block says how to use it

@@ -464,7 +464,12 @@ def write_sparse_shards(root: Path) -> Path:
             info = tarfile.TarInfo(f"{i:09d}.roll")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    entry = {"name": "train-00000.tar", "split": "train", "n": 30, "bytes": (root / "train-00000.tar").stat().st_size}
+    entry = {
+        "name": "train-00000.tar",
+        "split": "train",
+        "n": 30,
+        "bytes": (root / "train-00000.tar").stat().st_size,
+    }
     manifest = {"shape": list(shape), "encoding": "packbits+zlib", "n_train": 30, "shards": [entry]}
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root

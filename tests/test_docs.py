@@ -126,9 +126,11 @@ def test_every_config_key_is_documented_and_every_documented_key_exists() -> Non
     from b2b.config import valid_keys
 
     reference = (REPO / "docs" / "config.md").read_text()
-    documented = set(re.findall(r"^\|\s*`([a-z_]+(?:\.[a-z_]+)?)`\s*\|", reference, re.M))
+    documented = set(re.findall(r"^\|\s*`([a-z_0-9]+(?:\.[a-z_0-9]+)?)`\s*\|", reference, re.M))
     assert documented, "no key rows found in docs/config.md"
-    assert documented <= set(valid_keys()), f"documented but unknown: {sorted(documented - set(valid_keys()))}"
+    assert documented <= set(valid_keys()), (
+        f"documented but unknown: {sorted(documented - set(valid_keys()))}"
+    )
     assert set(valid_keys()) <= documented, f"not documented: {sorted(set(valid_keys()) - documented)}"
 
 
@@ -141,3 +143,23 @@ def test_the_readme_is_a_short_guide_with_links_that_resolve() -> None:
         for link in re.findall(r"\]\(([^)#:]+\.(?:md|png|yaml|py))", path.read_text()):
             target = (path.parent / link) if not link.startswith(("docs/", "configs/")) else REPO / link
             assert target.exists() or (REPO / link).exists(), f"{path.name} links to {link}"
+
+
+def test_the_config_reference_gives_each_key_its_real_default() -> None:
+    """The default column is what ``Config()`` holds, written as YAML would write it."""
+    import yaml
+
+    from b2b.config import Config
+
+    defaults = Config()
+    rows = re.findall(
+        r"^\|\s*`([a-z_0-9.]+)`\s*\|\s*`([^`]*)`\s*\|", (REPO / "docs" / "config.md").read_text(), re.M
+    )
+    assert len(rows) >= 50
+    for key, shown in rows:
+        value = defaults
+        for part in key.split("."):
+            value = getattr(value, part)
+        assert yaml.safe_load(shown) == value, (
+            f"docs/config.md gives {key} the default {shown}, the code {value!r}"
+        )

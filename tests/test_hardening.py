@@ -340,8 +340,9 @@ def test_a_killed_shard_build_leaves_no_workers(tmp_path: Path) -> None:
 
     write_lpd_tree(tmp_path / "src", 40, n_bars=24)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "b2b.cli", "shards", "build", "--source", "lpd", "--input", str(tmp_path / "src"),
-           "--output", str(out), "--workers", "2", "--shard-size", "4", "--no-progress"]  # fmt: skip
+    cmd = [sys.executable, "-m", "b2b.cli", "shards", "build", "--source", "lpd",
+           "--input", str(tmp_path / "src"), "--output", str(out),
+           "--workers", "2", "--shard-size", "4", "--no-progress"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers: list = []
     deadline = time.monotonic() + 60

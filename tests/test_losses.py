@@ -1,6 +1,5 @@
 """WGAN-GP losses: analytic penalties, float32 penalty pass under autocast, precision tolerances."""
 
-
 import pytest
 import torch
 from torch import nn

@@ -109,7 +109,9 @@ def test_build_models_uses_the_config():
     assert g.latent_dim == 7 and g.shape == DEMO and d.shape == DEMO
     assert g.net[0][0].in_channels == 7 and g.net[0][0].out_channels == 8 * 3
     assert d.body[0][0].out_channels == 5 and d.dropout.p == 0.1
-    assert isinstance(d.body[0][1], torch.nn.GroupNorm)  # default critic_norm = layer
+    # Default critic_norm = layer, after every convolution but the first (model.critic_norm_first=false).
+    assert isinstance(d.body[0][1], torch.nn.Identity) and d.body[0][0].bias is not None
+    assert isinstance(d.body[1][1], torch.nn.GroupNorm)
     with pytest.raises(ShapeError):
         build_models(cfg, (4, 64, 100))
 
@@ -203,7 +205,8 @@ def test_describe_counts_parameters_and_flops(capsys):
     cfg = load_config(None, ["data.shape=[4,64,48]"])
     report = describe(cfg, [4, 64, 48])
     g, d = build_models(cfg, DEMO)  # real (CPU) networks: the report's meta-device counts must match
-    assert report["generator"]["params"] == sum(p.numel() for p in g.parameters()) == 1_025_397
+    # 1,025,397 in the convolutions and attention, plus the pitch bias: 4 tracks × 48 pitches.
+    assert report["generator"]["params"] == sum(p.numel() for p in g.parameters()) == 1_025_397 + 4 * 48
     assert report["critic"]["params"] == sum(p.numel() for p in d.parameters())
     for net in ("generator", "critic"):
         rows = report[net]["layers"]
@@ -226,6 +229,10 @@ def test_describe_counts_parameters_and_flops(capsys):
     g_forward = report["generator"]["forward_flops"]
     expected = 5 * (g_forward + steps["critic_step_flops"]) + steps["generator_step_flops"]  # n_critic = 5
     assert steps["train_step_flops"] == expected
+    # Memory: float32 weights, gradients and Adam's two moments of both networks, and the EMA copy.
+    n_g, n_d = report["generator"]["params"], report["critic"]["params"]
+    assert report["memory"]["state_bytes"] == 4 * (4 * n_g + 4 * n_d + n_g)
+    assert report["memory"]["total_bytes"] > report["memory"]["state_bytes"]
 
 
 def test_describe_cli_json_text_and_errors(tmp_path, capsys):
@@ -243,7 +250,9 @@ def test_describe_cli_json_text_and_errors(tmp_path, capsys):
     config.write_text("data:\n  shards: nowhere\n  shape: [4, 64, 48]\n")
     assert main(["describe", "--config", str(config)]) == 0
     text = capsys.readouterr().out
-    assert "generator: 1,025,397 parameters" in text and "sample shape: [4, 64, 48]" in text
+    assert "generator: 1,025,589 parameters" in text and "sample shape: [4, 64, 48]" in text
+    assert "FLOPs per training step and rank (× data.batch_size × train.grad_accum = 16)" in text
+    assert "expected memory per rank:" in text
 
     assert main(["describe", "data.shards=nowhere"]) == 2
     assert "data.shape is not set" in capsys.readouterr().err

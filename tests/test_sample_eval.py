@@ -93,6 +93,7 @@ def setup(tmp_path_factory) -> dict:
     with torch.no_grad():  # make the EMA weights differ, so --no-ema is visible in the output
         for p in ema.parameters():
             p.add_(0.05 * torch.randn_like(p))
+
     class GeneratorPart:  # what a trainer's Network saves: its model under "model"
         def state_dict(self) -> dict:
             return {"model": generator.state_dict()}
@@ -157,7 +158,7 @@ def test_no_ema_samples_the_raw_generator(setup, tmp_path):
     assert main([*args, "--no-ema", "--seed", "3", "--synth", "fallback"]) == 0  # a run folder: its latest
     with np.load(out / "sample-000.npz") as npz:
         assert np.array_equal(npz["probs"], generate(setup["generator"].eval(), 1, seed=3)[0])
-        assert npz["threshold"] == np.float32(0.9)  # the run's train.threshold
+        assert npz["threshold"] == np.float32(0.5)  # the run's train.threshold
     assert json.loads((out / "samples.json").read_text())["weights"] == "raw"
 
 
@@ -276,7 +277,9 @@ def test_eval_samples_against_real_shards(setup, samples, capsys):
     assert real["diversity"] == 0.0 and report["diversity_ratio"] is None
     assert report["copies"] == {"identical": 0.0, "near": 0.0}  # untrained samples copy nothing
     assert report["real_copies"] == {"identical": 1.0, "near": 1.0}  # val rolls equal the train rolls
-    assert "copies of training samples: 0.0% identical" in printed and "real held-out samples: 100.0%" in printed
+    assert (
+        "copies of training samples: 0.0% identical" in printed and "real held-out samples: 100.0%" in printed
+    )
     assert real["tracks"]["Drums"]["DP"] == 1.0 and real["tracks"]["Drums"]["EB"] == 0.0
     assert real["tracks"]["Bass"]["EB"] == 1.0 and real["TD"]["Piano-Bass"] is None
     rolls = np.stack([_roll(samples / f"sample-{i:03d}.npz") for i in range(N)])

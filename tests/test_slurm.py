@@ -183,9 +183,12 @@ def test_dry_run_prints_the_sbatch_script(
         # Nothing a user types can add a line to the sbatch script (a shell line would run).
         (["name=x\ntouch /tmp/pwned"], "name: 'x\\ntouch /tmp/pwned' is not a safe folder name"),
         (["name=.."], "name: '..' is not a safe folder name"),
-        (["--partition", "gpu\n#SBATCH --uid=0"], "--partition 'gpu\\n#SBATCH --uid=0': not a Slurm partition"),
+        (
+            ["--partition", "gpu\n#SBATCH --uid=0"],
+            "--partition 'gpu\\n#SBATCH --uid=0': not a Slurm partition",
+        ),
         (["--account", "a b"], "--account 'a b': not a Slurm account"),
-        (["--constraint", "a100'"], "--constraint \"a100'\": not a Slurm constraint"),
+        (["--constraint", "a100'"], '--constraint "a100\'": not a Slurm constraint'),
     ],
 )
 def test_bad_config_or_numbers_are_refused_before_slurm(
@@ -283,7 +286,10 @@ def _job_logs(cluster: SlurmCluster, job: str, run: Path) -> str:
 
 def _models(run: Path, step: int) -> dict:
     folder = run / "checkpoints" / f"step-{step}"
-    nets = {name: torch.load(folder / f"{name}.pt", weights_only=True)["model"] for name in ("generator", "critic")}
+    nets = {
+        name: torch.load(folder / f"{name}.pt", weights_only=True)["model"]
+        for name in ("generator", "critic")
+    }
     return {**nets, "ema": torch.load(folder / "ema.pt", weights_only=True)}
 
 

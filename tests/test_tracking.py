@@ -359,10 +359,12 @@ def test_a_log_file_gets_plain_step_lines_not_bar_frames(tb_run: dict) -> None:
     assert len(lines) == STEPS  # log.every 1
     for line, m in zip(lines, [x for x in metrics if "d_loss" in x], strict=True):
         assert line == (
-            f"step {m['step']}/{STEPS} | D {m['d_loss']:.3f} | G {m['g_loss']:.3f} | W {m['wasserstein']:.3f} | "
-            f"GP {m['penalty']:.3f} | lr {m['g_lr']:.1e} | {m['samples_per_s']:.0f} samples/s | "
-            + line.rsplit("| ", 1)[1]
+            f"step {m['step']}/{STEPS} | D {m['d_loss']:.3f} | G {m['g_loss']:.3f} | "
+            f"W {m['wasserstein']:.3f} | GP {m['penalty']:.3f} | lr {m['g_lr']:.1e} | "
+            f"TFLOP/s {m['tflops']:.3g} | MFU {m['mfu']:.1%} | mem {m['peak_memory_gb']:.2f} GB | "
+            f"data {m['data_wait']:.0%} | {m['samples_per_s']:.0f} samples/s | " + line.rsplit("| ", 1)[1]
         )
+        assert m["tflops"] > 0 and 0 < m["mfu"] < 1 and m["peak_memory_gb"] > 0 and 0 <= m["data_wait"] <= 1
         assert re.fullmatch(r"ETA \d+:\d\d:\d\d", line.rsplit("| ", 1)[1])
 
 
@@ -404,5 +406,9 @@ def test_a_terminal_gets_a_progress_bar(tiny_shards: Path, tmp_path: Path) -> No
         "W": f"{last['wasserstein']:.3f}",
         "GP": f"{last['penalty']:.3f}",
         "lr": f"{last['g_lr']:.1e}",
+        "TFLOP/s": f"{last['tflops']:.3g}",
+        "MFU": f"{last['mfu']:.1%}",
+        "mem": f"{last['peak_memory_gb']:.2f}",  # followed by " GB"
+        "data": f"{last['data_wait']:.0%}",
         "smp/s": f"{last['samples_per_s']:.0f}",
     }

@@ -103,7 +103,9 @@ def run(cmd: list[str], cwd: Path, timeout: float = 240) -> subprocess.Completed
 
 def checkpoint_state(folder: Path) -> dict:
     """Everything a checkpoint holds that must be identical between equivalent runs."""
-    return {name: torch.load(folder / f"{name}.pt", weights_only=True) for name in ("generator", "critic", "ema")}
+    return {
+        name: torch.load(folder / f"{name}.pt", weights_only=True) for name in ("generator", "critic", "ema")
+    }
 
 
 def assert_identical(a: object, b: object, where: str = "") -> None:
@@ -223,7 +225,9 @@ def test_two_nodes_on_loopback(tiny_shards: Path, tmp_path: Path) -> None:
     assert [p.returncode for p in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     final = tmp_path / "nodes" / "checkpoints" / "step-4"
     assert json.loads((final / "meta.json").read_text())["world_size"] == 2
-    digests = [torch.load(final / f"rank-{r:05d}.pt", weights_only=True)["weights"]["sha256"] for r in range(2)]
+    digests = [
+        torch.load(final / f"rank-{r:05d}.pt", weights_only=True)["weights"]["sha256"] for r in range(2)
+    ]
     assert digests[0] == digests[1]
 
 
@@ -296,8 +300,8 @@ def test_nonfinite_loss_stops_with_last_good_checkpoint_intact(tiny_shards: Path
     [
         (
             ["train.precison=fp16"],
-            "unknown config key 'train.precison' in the command-line overrides (did you "
-            "mean 'train.precision'?)",
+            "unknown config key 'train.precison' in the command-line overrides: did you "
+            "mean 'train.precision'?",
         ),
         (["data.batch_size=four"], "data.batch_size: expected int, got 'four'"),
         (["data.shards=/nonexistent/shards"], "no shards at '/nonexistent/shards'"),
