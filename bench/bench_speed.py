@@ -59,6 +59,7 @@ GFLOP/s against the measured GEMM peak.
     python bench/bench_speed.py --shape 8gpu seed --steps 10 --repeats 3 --out speed.md    # a GPU
     python bench/bench_speed.py --compare-defaults                   # CPU: ~1.5 min on 2 loaded cores
     python bench/bench_speed.py --compare-defaults --best channels_last=on,adam=fused
+    python bench/bench_speed.py --recipe             # what each recipe knob costs per step (RECIPE_KNOBS)
 
 Prints Markdown; ``--out FILE.md`` writes it too. Each row carries the command that reproduces it.
 """
@@ -92,6 +93,17 @@ CONFIGS = REPO / "configs"
 BIG_STEPS = 10**9  # train.steps: the trainer must never reach its end (finish() would snapshot and save)
 UNIQUE_ROLLS = 64  # distinct synthetic rolls; repeated to the needed count (decoding cost is per sample)
 SWITCHES = ("precision", "compile", "channels_last", "adam")
+# --recipe: what each knob of the training recipe (docs/recipe.md) costs per step, against the defaults.
+RECIPE_KNOBS: dict[str, list[str]] = {
+    "recipe": [],
+    "probabilities-to-critic": ["model.output=sigmoid"],
+    "stochastic-notes": ["model.output=binary_stoch"],
+    "no-pitch-bias": ["model.pitch_bias=false", "model.density_init=false"],
+    "critic-norm-first": ["model.critic_norm_first=true"],
+    "minibatch-std": ["model.mbstd_group=4"],
+    "transpose-5": ["data.transpose=5"],
+    "no-ema": ["train.ema_beta=0"],
+}
 ON_OFF = {"on": True, "off": False}
 
 
@@ -131,6 +143,7 @@ class Variant:
     compile: bool
     channels_last: bool
     adam: str
+    knob: str = ""  # --recipe: the name of a recipe knob changed from the defaults (RECIPE_KNOBS)
 
     def overrides(self) -> list[str]:
         """The config overrides that select this variant in a real run."""
@@ -139,10 +152,13 @@ class Variant:
             f"train.compile={str(self.compile).lower()}",
             f"train.channels_last={str(self.channels_last).lower()}",
             f"train.adam={self.adam}",
+            *RECIPE_KNOBS.get(self.knob, []),
         ]
 
     def flags(self) -> str:
         """This variant alone, as bench_speed.py options."""
+        if self.knob:
+            return f"--recipe {self.knob}"
         return (
             f"--precision {self.precision} --compile {'on' if self.compile else 'off'} "
             f"--channels-last {'on' if self.channels_last else 'off'} --adam {self.adam}"
@@ -156,6 +172,8 @@ class Variant:
         )
 
     def label(self) -> str:
+        if self.knob:
+            return f"{self.knob}: {' '.join(RECIPE_KNOBS[self.knob]) or 'the defaults'}"
         return " ".join(o.removeprefix("train.") for o in self.overrides())
 
 
@@ -192,7 +210,14 @@ def parse_variant(text: str, base: Variant) -> Variant:
 
 
 def grid(args: argparse.Namespace) -> list[Variant]:
-    """The product of the switch lists, first values first (the first variant is the ratios' reference)."""
+    """The product of the switch lists, first values first (the first variant is the ratios' reference);
+    with ``--recipe``, the defaults' switches once per recipe knob."""
+    if args.recipe:
+        base = default_variant()
+        return [
+            Variant(base.precision, base.compile, base.channels_last, base.adam, knob)
+            for knob in args.recipe
+        ]
     return [
         Variant(p, ON_OFF[c], ON_OFF[cl], a)
         for p, c, cl, a in itertools.product(args.precision, args.compile, args.channels_last, args.adam)
@@ -806,6 +831,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--search-repeats", type=int, default=3, help="with --compare-defaults: rounds of the search"
     )
+    parser.add_argument(
+        "--recipe",
+        nargs="*",
+        choices=list(RECIPE_KNOBS),
+        help="what each recipe knob costs per step at the defaults' switches (no names: all of them)",
+    )
     args = parser.parse_args(argv)
     cuda = on_cuda()
     args.shape = unique(args.shape or (["8gpu"] if cuda and not args.compare_defaults else ["demo"]))
@@ -821,6 +852,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--steps and --repeats must be at least 1, --warmup at least 0")
     if args.best and not args.compare_defaults:
         parser.error("--best goes with --compare-defaults")
+    if args.recipe is not None:
+        if args.compare_defaults:
+            parser.error("--recipe and --compare-defaults measure different things: give one")
+        args.recipe = unique(["recipe", *(args.recipe or RECIPE_KNOBS)])
     if args.best:
         parse_variant(args.best, default_variant())  # a typo fails now, not after the GEMM measurement
     return args
