@@ -215,8 +215,7 @@ def grid(args: argparse.Namespace) -> list[Variant]:
     if args.recipe:
         base = default_variant()
         return [
-            Variant(base.precision, base.compile, base.channels_last, base.adam, knob)
-            for knob in args.recipe
+            Variant(base.precision, base.compile, base.channels_last, base.adam, knob) for knob in args.recipe
         ]
     return [
         Variant(p, ON_OFF[c], ON_OFF[cl], a)
