@@ -300,7 +300,9 @@ def test_a_job_preempted_three_times_requeues_resumes_and_matches_an_uninterrupt
     tiny_shards: Path,
     tmp_path: Path,
 ) -> None:
-    steps = 40
+    # Enough steps that no segment finishes before its signal lands: a tiny step takes ~15 ms on a fast
+    # CI machine, and polling plus scancel's delivery take up to ~1.5 s (~100 steps) per preemption.
+    steps = 400
     runs = tmp_path / "runs"
     args = tiny(tiny_shards, runs, steps)
     env = {
@@ -394,7 +396,8 @@ def test_a_cancelled_job_saves_and_a_resubmission_with_its_name_resumes(
 ) -> None:
     runs = tmp_path / "runs"
     env = {**slurm_cluster.env, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "GLOO_SOCKET_IFNAME": "lo"}
-    cmd = [sys.executable, "launch/submit.py", "--config", "configs/demo.yaml", *tiny(tiny_shards, runs, 12)]
+    steps = 300  # far more than the ~100 a fast machine runs between the poll and the SIGTERM
+    cmd = [sys.executable, "launch/submit.py", "--config", "configs/demo.yaml", *tiny(tiny_shards, runs, steps)]
     cmd += ["--nodes", "2", "--gpus-per-node", "0", "--time", "10"]
     first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert first.returncode == 0, first.stderr
@@ -414,7 +417,7 @@ def test_a_cancelled_job_saves_and_a_resubmission_with_its_name_resumes(
         status = _status(run)
         assert status["state"] == "interrupted" and status["signal"] == "SIGTERM", logs()
         stopped = status["step"]
-        assert 3 <= stopped < 12 and (run / "checkpoints" / f"step-{stopped}" / "COMPLETE").is_file()
+        assert 3 <= stopped < steps and (run / "checkpoints" / f"step-{stopped}" / "COMPLETE").is_file()
 
         # the printed command, with the run's name: a new job, the same run folder, resumed
         again = subprocess.run(
@@ -429,7 +432,7 @@ def test_a_cancelled_job_saves_and_a_resubmission_with_its_name_resumes(
         second = re.search(r"^submitted job (\d+):", again.stdout, re.M).group(1)
         assert second != job and f"run directory: {run}\n" in again.stdout
         _wait(lambda: slurm_cluster.job_state(second) == "COMPLETED", 150, "the resubmitted job", logs)
-        assert _status(run)["state"] == "finished" and _status(run)["step"] == 12, logs()
+        assert _status(run)["state"] == "finished" and _status(run)["step"] == steps, logs()
         log = (run / "slurm" / f"{second}_0_log.out").read_text()
         assert f"resumed from {run / 'checkpoints' / f'step-{stopped}'} at step {stopped}\n" in log
     finally:
