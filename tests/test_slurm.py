@@ -397,7 +397,13 @@ def test_a_cancelled_job_saves_and_a_resubmission_with_its_name_resumes(
     runs = tmp_path / "runs"
     env = {**slurm_cluster.env, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "GLOO_SOCKET_IFNAME": "lo"}
     steps = 300  # far more than the ~100 a fast machine runs between the poll and the SIGTERM
-    cmd = [sys.executable, "launch/submit.py", "--config", "configs/demo.yaml", *tiny(tiny_shards, runs, steps)]
+    cmd = [
+        sys.executable,
+        "launch/submit.py",
+        "--config",
+        "configs/demo.yaml",
+        *tiny(tiny_shards, runs, steps),
+    ]
     cmd += ["--nodes", "2", "--gpus-per-node", "0", "--time", "10"]
     first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert first.returncode == 0, first.stderr
