@@ -535,6 +535,7 @@ _BEFORE_KEYS = {
     ("model", "pitch_bias"): False,
     ("model", "mbstd_group"): 0,
     ("model", "critic_norm_first"): True,
+    ("model", "bar_gate"): False,
 }
 
 
@@ -573,7 +574,7 @@ def load_generator(path: str | Path, use_ema: bool = True) -> tuple[nn.Module, R
     meta = read_meta(checkpoint)
     cfg = saved_config(meta["config"], f" (config saved in {checkpoint})")
     spec = RollSpec.from_dict(meta["spec"])
-    generator, _ = build_models(cfg, spec.shape)
+    generator, _ = build_models(cfg, spec.shape, spec.n_bars)
     try:
         generator.load_state_dict(_generator_weights(checkpoint, use_ema))
     except RuntimeError as exc:
@@ -626,6 +627,6 @@ def _load_exported(path: Path) -> tuple[nn.Module, RollSpec, Config]:
         )
     cfg = saved_config(json.loads(metadata["b2b_config"]), f" (config in {path})")
     spec = RollSpec.from_dict(json.loads(metadata["b2b_spec"]))
-    generator, _ = build_models(cfg, spec.shape)
+    generator, _ = build_models(cfg, spec.shape, spec.n_bars)
     generator.load_state_dict(weights)
     return generator.eval(), spec, cfg

@@ -57,6 +57,7 @@ class ModelConfig:
     pitch_bias: bool = True  # a learned output bias per track and pitch
     density_init: bool = True  # start the output bias at each track's (pitch's) share of on-cells in the data
     mbstd_group: int = field(default=0, metadata=_at_least(0))  # minibatch-std channel in the critic
+    bar_gate: bool = True  # a per-track, per-bar on/off gate from the latent in front of the notes
     critic_norm_first: bool = False  # normalize the critic's first convolution too (false: bias, no norm)
 
 

@@ -273,6 +273,19 @@ def cell_density(shards: str | Path, split: str = "train", limit: int = 2048) ->
     return total / count
 
 
+def bar_activity(shards: str | Path, n_bars: int, split: str = "train", limit: int = 2048) -> np.ndarray:
+    """The share of bars in which each track plays (has at least one note), over the first ``limit``
+    samples of ``split``: ``(tracks,)`` float64, the same on every rank."""
+    total, count = None, 0
+    for roll in iter_samples(shards, split=split, limit=limit):
+        bars = roll.reshape(roll.shape[0], n_bars, -1).any(axis=2)  # (tracks, bars)
+        total = bars.sum(axis=1, dtype=np.float64) if total is None else total + bars.sum(axis=1)
+        count += n_bars
+    if total is None:
+        raise DataError(f"the {split} split of {shards} holds no samples")
+    return total / count
+
+
 def transpose_shifts(
     rolls: np.ndarray, pitched: np.ndarray, limit: int, rng: np.random.Generator
 ) -> np.ndarray:

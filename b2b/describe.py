@@ -25,7 +25,7 @@ from b2b.config import Config, load_config
 from b2b.errors import ConfigError
 from b2b.losses import critic_loss, generator_loss
 from b2b.manifest import read_manifest
-from b2b.models import build_models, layer_plan
+from b2b.models import GATE_LR_MULT, BarGate, build_models, layer_plan
 
 _BATCH = 2  # FLOPs are linear in the batch; 2 keeps batch norm's training-mode statistics defined
 
@@ -96,6 +96,9 @@ def _kind(module: nn.Module) -> str:
             )
         elif isinstance(part, nn.Linear):
             words.append(f"Linear {part.in_features}→{part.out_features}")
+        elif isinstance(part, BarGate):
+            out_features, in_features = part.weight.shape
+            words.append(f"bar gate: Linear {in_features}→{out_features}, lr × {GATE_LR_MULT}")
         elif not isinstance(part, nn.Identity):
             words.append(type(part).__name__)
     return " + ".join(words)
@@ -125,7 +128,7 @@ def _rows(model: nn.Module, layers: list[tuple[str, nn.Module]], run: Callable[[
     return rows
 
 
-def describe(cfg: Config, shape: list[int]) -> dict:
+def describe(cfg: Config, shape: list[int], n_bars: int = 1) -> dict:
     """Everything ``b2b describe`` prints, as a JSON-ready dict.
 
     Parameters
@@ -134,6 +137,8 @@ def describe(cfg: Config, shape: list[int]) -> dict:
         The resolved config (model and loss sections are used).
     shape : list of int
         ``[tracks, time, pitch]``; must pass :func:`b2b.models.check_shape`.
+    n_bars : int
+        Bars per sample (the bar gate's segments, with ``model.bar_gate``).
 
     Returns
     -------
@@ -145,7 +150,7 @@ def describe(cfg: Config, shape: list[int]) -> dict:
     """
     plan = layer_plan(shape)
     with torch.device("meta"):
-        generator, critic = build_models(cfg, shape)
+        generator, critic = build_models(cfg, shape, n_bars)
         z = torch.randn(_BATCH, cfg.model.latent_dim)
         real = torch.rand(_BATCH, *shape)
     fake = generator(z).detach()
@@ -153,11 +158,14 @@ def describe(cfg: Config, shape: list[int]) -> dict:
     g_layers = [(f"net.{i}", m) for i, m in enumerate(generator.net)]
     # The last block runs as its convolution (then the pitch bias and the sigmoid): hook the convolution.
     g_layers[-1] = (g_layers[-1][0], generator.net[-1][0])
+    if generator.gate is not None:
+        g_layers.append(("gate", generator.gate))
     d_layers = [(f"body.{i}", m) for i, m in enumerate(critic.body)] + [("head", critic.head)]
     g_rows = _rows(generator, g_layers, lambda: generator(z))
     if generator.pitch_bias is not None:  # a parameter, not a module: its own row
         bias = {"name": "pitch_bias", "kind": "learned bias per track and pitch", "flops": 0}
-        g_rows.append({**bias, "params": generator.pitch_bias.numel(), "output": g_rows[-1]["output"]})
+        output = g_rows[len(generator.net) - 1]["output"]  # the last convolution's
+        g_rows.append({**bias, "params": generator.pitch_bias.numel(), "output": output})
     d_rows = _rows(critic, d_layers, lambda: critic(real))
 
     def critic_step(gp_lambda: float) -> int:
@@ -287,6 +295,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the description; errors (bad config, unknown shape) reach the CLI as B2BError."""
     cfg = load_config(args.config, args.overrides)
-    report = describe(cfg, resolve_shape(cfg))
+    shape = resolve_shape(cfg)
+    manifest = read_manifest(cfg.data.shards) if (Path(cfg.data.shards) / "manifest.json").is_file() else {}
+    n_bars = manifest.get("spec", {}).get("n_bars", 1)  # the bar gate's segments
+    report = describe(cfg, shape, n_bars)
     print(json.dumps(report, indent=2) if args.json else format_text(report))
     return 0

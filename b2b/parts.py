@@ -18,7 +18,7 @@ import torch
 from b2b import ranks
 from b2b.checkpoint import Checkpointer, choose_resume, read_meta, resolve_checkpoint
 from b2b.config import Config
-from b2b.data import cell_density
+from b2b.data import bar_activity, cell_density
 from b2b.models import Critic, Generator, build_models
 from b2b.network import Network, Precision, build_optimizer, step_decay
 from b2b.watchdog import enable_nccl_flight_recorder
@@ -59,13 +59,14 @@ def apply_speed_switches(cfg: Config) -> None:
     torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
 
 
-def build_generator_and_critic(cfg: Config, shape, fresh: bool) -> tuple[Generator, Critic]:
+def build_generator_and_critic(cfg: Config, spec, fresh: bool) -> tuple[Generator, Critic]:
     """Both networks, identical on every rank (seeded by ``train.seed``); a fresh run starts the output
     bias at the data's note density; ``train.channels_last`` stores their activations as NHWC."""
     torch.manual_seed(cfg.train.seed)
-    generator, critic = build_models(cfg, shape)
+    generator, critic = build_models(cfg, spec.shape, spec.n_bars)
     if cfg.model.density_init and fresh:
-        generator.init_output_bias(cell_density(cfg.data.shards))
+        activity = bar_activity(cfg.data.shards, spec.n_bars) if cfg.model.bar_gate else None
+        generator.init_output_bias(cell_density(cfg.data.shards), activity=activity)
     if cfg.train.channels_last:
         generator.to(memory_format=torch.channels_last)
         critic.to(memory_format=torch.channels_last)

@@ -168,7 +168,7 @@ class Trainer:
             )
         self.total_steps = cfg.train.steps or cfg.train.epochs * self.steps_per_epoch
 
-        generator, critic = parts.build_generator_and_critic(cfg, self.spec.shape, fresh=meta is None)
+        generator, critic = parts.build_generator_and_critic(cfg, self.spec, fresh=meta is None)
         self.ema = parts.make_ema(generator, self.device)
         resharded = meta is not None and meta["world_size"] != ranks.world_size()
         self.g, self.d = parts.build_networks(
@@ -209,7 +209,8 @@ class Trainer:
         self.fixed_latents = torch.randn(
             cfg.log.n_snapshot, cfg.model.latent_dim, generator=torch.Generator().manual_seed(cfg.train.seed)
         )
-        self.step_flops = describe(cfg, list(self.spec.shape))["steps"]["train_step_flops"] * (
+        report = describe(cfg, list(self.spec.shape), self.spec.n_bars)
+        self.step_flops = report["steps"]["train_step_flops"] * (
             cfg.data.batch_size * cfg.train.grad_accum * ranks.world_size()
         )
         self.peak_tflops, self.peak_source = peak_tflops(

@@ -50,15 +50,17 @@ DEFAULT_CORPORA = [f"{name}=shards/ablate-{name}" for name in CORPORA_BUILD]
 VARIANTS: dict[str, list[str]] = {
     "default": [],
     # The demo as it was before this recipe (it collapsed): probabilities to the critic, no output bias
-    # from the data, every critic layer normalized, a plain EMA.
+    # from the data, no bar gate, every critic layer normalized, a plain EMA.
     "before": [
         *("model.output=sigmoid", "model.density_init=false", "model.pitch_bias=false"),
+        "model.bar_gate=false",
         *("model.critic_norm_first=true", "train.ema_rampup=0"),
     ],
     # The seed project's recipe on the same networks (configs/seed.yaml): also its learning rates, its
     # batch-normalized critic, its 0.9 threshold and no EMA (samples from the raw generator).
     "seed-recipe": [
         *("model.output=sigmoid", "model.density_init=false", "model.pitch_bias=false"),
+        "model.bar_gate=false",
         *(
             "model.critic_norm=batch",
             "model.critic_norm_first=true",
@@ -70,6 +72,7 @@ VARIANTS: dict[str, list[str]] = {
     "sigmoid": ["model.output=sigmoid"],
     "binary-stoch": ["model.output=binary_stoch"],
     "no-density-init": ["model.density_init=false"],
+    "no-bar-gate": ["model.bar_gate=false"],
     "lr-3e-4": ["optim.g_lr=0.0003", "optim.d_lr=0.0003"],
     "ttur": ["optim.g_lr=0.0005", "optim.d_lr=0.002"],
     "n-critic-2": ["loss.n_critic=2"],

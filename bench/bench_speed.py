@@ -99,6 +99,7 @@ RECIPE_KNOBS: dict[str, list[str]] = {
     "probabilities-to-critic": ["model.output=sigmoid"],
     "stochastic-notes": ["model.output=binary_stoch"],
     "no-pitch-bias": ["model.pitch_bias=false", "model.density_init=false"],
+    "no-bar-gate": ["model.bar_gate=false"],
     "critic-norm-first": ["model.critic_norm_first=true"],
     "minibatch-std": ["model.mbstd_group=4"],
     "transpose-5": ["data.transpose=5"],

@@ -203,10 +203,12 @@ def test_describe_counts_parameters_and_flops(capsys):
     from b2b.describe import describe
 
     cfg = load_config(None, ["data.shape=[4,64,48]"])
-    report = describe(cfg, [4, 64, 48])
-    g, d = build_models(cfg, DEMO)  # real (CPU) networks: the report's meta-device counts must match
-    # 1,025,397 in the convolutions and attention, plus the pitch bias: 4 tracks × 48 pitches.
-    assert report["generator"]["params"] == sum(p.numel() for p in g.parameters()) == 1_025_397 + 4 * 48
+    report = describe(cfg, [4, 64, 48], n_bars=4)
+    g, d = build_models(cfg, DEMO, 4)  # real (CPU) networks: the report's meta-device counts must match
+    # 1,025,397 in the convolutions and attention, plus the pitch bias (4 tracks × 48 pitches) and the bar
+    # gate (latent 128 → 4 tracks × 4 bars, and its bias).
+    expected = 1_025_397 + 4 * 48 + 128 * 16 + 16
+    assert report["generator"]["params"] == sum(p.numel() for p in g.parameters()) == expected
     assert report["critic"]["params"] == sum(p.numel() for p in d.parameters())
     for net in ("generator", "critic"):
         rows = report[net]["layers"]
@@ -220,6 +222,7 @@ def test_describe_counts_parameters_and_flops(capsys):
     assert d_rows["body.0"]["flops"] == 2 * 32 * (32 * 16) * 4 * 4 * 5
     assert d_rows["head"]["flops"] == 2 * 512 and d_rows["head"]["output"] == [1]
     assert g_rows["net.6"]["output"] == [4, 64, 48]
+    assert g_rows["gate"]["flops"] == 2 * 128 * 16 and g_rows["gate"]["output"] == [16]
     steps = report["steps"]
     # A critic step without the penalty is forward + backward on real and fake: between 2 × 2 and 2 × 3
     # forward passes (the first convolution needs no input gradient).
@@ -250,7 +253,8 @@ def test_describe_cli_json_text_and_errors(tmp_path, capsys):
     config.write_text("data:\n  shards: nowhere\n  shape: [4, 64, 48]\n")
     assert main(["describe", "--config", str(config)]) == 0
     text = capsys.readouterr().out
-    assert "generator: 1,025,589 parameters" in text and "sample shape: [4, 64, 48]" in text
+    # 1,026,105: the bar gate in one segment (no shards, so no bars known)
+    assert "generator: 1,026,105 parameters" in text and "sample shape: [4, 64, 48]" in text
     assert "FLOPs per training step and rank (× data.batch_size × train.grad_accum = 16)" in text
     assert "expected memory per rank:" in text
 
@@ -342,6 +346,60 @@ def test_calibrated_pitch_bias_starts_every_cell_at_its_share_of_notes():
     # Where the data has no note, no logit comes within SILENT_MARGIN of the threshold.
     silent = torch.from_numpy(density == 0)[None, :, None, :].expand_as(logits)
     assert logits[silent].max().item() <= -SILENT_MARGIN + 1e-4
+
+
+def test_bar_gate_opens_each_track_in_its_share_of_bars_and_silences_closed_bars():
+    import numpy as np
+
+    density = np.zeros((4, 48))
+    density[0, 20:30] = 0.02  # plays in half the bars: 0.04 of the steps while it plays
+    density[1, 10:20] = 0.1  # plays in every bar
+    activity = np.array([0.5, 1.0, 0.0, 0.25])
+    density[3, 5] = 0.1  # plays in a quarter of the bars, then every step at pitch 5 is 0.4 likely
+    torch.manual_seed(0)
+    g = Generator(DEMO, latent_dim=8, width=4, output="binary_det", pitch_bias=True, gate_segments=4)
+    g.init_output_bias(density, activity=activity)
+    z = torch.randn(256, 8, generator=torch.Generator().manual_seed(0))  # the calibration's latents
+    with torch.no_grad():
+        notes = g.train()(z)
+        gate = (g.gate_probabilities(z) >= 0.5).double()[..., 0, 0]  # (n, tracks, bars)
+    assert gate.mean(dim=(0, 2)).tolist() == pytest.approx([0.5, 1.0, 0.0, 0.25], abs=0.01)
+    # A closed gate silences its track's whole bar; an open one lets the notes through.
+    bars = notes.view(256, 4, 4, 16, 48)
+    assert bars.amax(dim=(3, 4))[gate == 0].max().item() == 0.0
+    # The notes start at the density within the open bars, so the overall density is the data's.
+    share = notes.mean(dim=(0, 2)).numpy()
+    assert share[0, 20:30].mean() == pytest.approx(0.02, abs=0.004)
+    assert share[1, 10:20].mean() == pytest.approx(0.1, abs=0.01)
+    assert share[3, 5] == pytest.approx(0.1, abs=0.02)
+    assert share[2].max() == 0.0
+    # Straight through: the gate's parameters get the gradient of what the critic sees.
+    g.zero_grad()
+    g(z[:8]).sum().backward()
+    assert g.gate.weight.grad.abs().sum() > 0
+    with torch.no_grad():  # sampling makes the same notes the critic saw
+        assert torch.equal((g.probabilities(z[:8]) >= 0.5).float(), g(z[:8]))
+    with pytest.raises(ValueError, match="64 time steps do not split into 3 gate segments"):
+        Generator(DEMO, latent_dim=8, width=4, gate_segments=3)
+
+
+def test_bar_gate_has_unit_spread_and_learns_ten_times_slower():
+    from b2b.models import GATE_LR_MULT, BarGate
+
+    assert GATE_LR_MULT == 0.1
+    torch.manual_seed(0)
+    gate = BarGate(64, 200)
+    z = torch.randn(512, 64)
+    with torch.no_grad():
+        assert gate(z).std().item() == pytest.approx(1.0, abs=0.05)  # logits of unit spread
+        gate.set_bias(torch.full((200,), 2.5))
+        assert gate(torch.zeros(1, 64)).flatten().tolist() == pytest.approx([2.5] * 200)
+    # Adam's first step moves every stored parameter by lr; the gate's effective bias moves a tenth of it.
+    opt = torch.optim.Adam(gate.parameters(), lr=1e-3)
+    gate(z[:5]).sum().backward()
+    opt.step()
+    with torch.no_grad():
+        assert gate(torch.zeros(1, 64)).flatten().tolist() == pytest.approx([2.5 - 1e-4] * 200, abs=1e-6)
 
 
 def test_minibatch_std_by_hand_and_groups():

@@ -78,7 +78,7 @@ def setup(tmp_path_factory) -> dict:
     cfg = Config()
     cfg.model.latent_dim, cfg.model.g_width, cfg.model.d_width = 8, 4, 4
     torch.manual_seed(0)
-    generator, critic = build_models(cfg, SPEC.shape)
+    generator, critic = build_models(cfg, SPEC.shape, SPEC.n_bars)
     # An untrained generator's outputs all sit near 0.5. Set its BatchNorm statistics from one batch and
     # sharpen its last layer, so that samples vary with the latent and some cells pass the threshold.
     for module in generator.modules():

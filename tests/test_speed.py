@@ -123,7 +123,7 @@ def test_peak_table_and_mfu_figures(tiny_shards: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [json.loads(x) for x in (tmp_path / "mfu" / "metrics.jsonl").read_text().splitlines()]
     cfg = load_config(None, args)
-    flops = describe(cfg, [5, 16, 48])["steps"]["train_step_flops"] * cfg.data.batch_size
+    flops = describe(cfg, [5, 16, 48], n_bars=2)["steps"]["train_step_flops"] * cfg.data.batch_size
     for line in lines:
         # TFLOP/s = step FLOPs × steps per line / seconds; seconds from the logged samples/s.
         seconds = 2 * cfg.loss.n_critic * cfg.data.batch_size / line["samples_per_s"]
