@@ -297,6 +297,9 @@ class Generator(nn.Module):
     pitch_bias : bool
         Add a learned bias per track and pitch to the output logits: the convolutions are the same at
         every pitch, so without it they must learn each voice's range from scratch.
+    gate_segments : int
+        With ``k > 0``, a :class:`BarGate` decides from the latent whether each track plays in each of ``k``
+        equal time segments (the bars): notes sound only where the gate is open. 0: no gate.
     """
 
     def __init__(
@@ -362,7 +365,8 @@ class Generator(nn.Module):
         return (per_segment * gate).view(n, tracks, time, pitches)
 
     def probabilities(self, z: torch.Tensor) -> torch.Tensor:
-        """Note probabilities ``(N, tracks, time, pitch)`` in (0, 1) for latents ``(N, latent_dim)``."""
+        """Note probabilities ``(N, tracks, time, pitch)`` in (0, 1) for latents ``(N, latent_dim)``; with
+        a bar gate, 0 where ``binary_det``'s gate is closed (else scaled by the gate's probability)."""
         probs = self.net[-1][1](self.logits(z))
         if self.gate is None:
             return probs
@@ -372,14 +376,15 @@ class Generator(nn.Module):
         return self._gated(probs, gate)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """What the critic sees: probabilities (``sigmoid``) or straight-through binary notes."""
-        if self.gate is None:
-            probs = self.net[-1][1](self.logits(z))
-            return probs if self.output == "sigmoid" else straight_through(probs, self.output, self.threshold)
+        """What the critic sees: probabilities (``sigmoid``) or straight-through binary notes (and gates)."""
+        binary = self.output != "sigmoid"
         probs = self.net[-1][1](self.logits(z))
-        gate = self.gate_probabilities(z)
-        if self.output != "sigmoid":
+        if binary:
             probs = straight_through(probs, self.output, self.threshold)
+        if self.gate is None:
+            return probs
+        gate = self.gate_probabilities(z)
+        if binary:
             gate = straight_through(gate, self.output, self.threshold)
         return self._gated(probs, gate)
 
@@ -402,6 +407,10 @@ class Generator(nn.Module):
         otherwise: half the cells on, or with logit(density) none). Where the data has no note at all, every
         logit starts :data:`SILENT_MARGIN` below the threshold. Densities are clipped to ``[floor, 1 -
         floor]``. The generator's state is otherwise unchanged (BatchNorm statistics included).
+
+        With a bar gate, ``activity`` (``(tracks,)``, the share of bars each track plays in; all bars if
+        None) opens each track's gate in that share of segments, and the notes start at the density within
+        open segments (``density / activity``).
         """
         density = torch.as_tensor(np.asarray(density), dtype=torch.float64)
         tracks, pitches = self.shape[0], self.shape[2]
@@ -631,6 +640,8 @@ def build_models(cfg, shape: Sequence[int], n_bars: int = 1) -> tuple[Generator,
         with the gradient penalty).
     shape : sequence of int
         ``(tracks, time, pitch)``.
+    n_bars : int
+        Bars per sample: the bar gate's segments (``model.bar_gate``).
 
     Returns
     -------
