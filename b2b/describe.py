@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -128,7 +129,7 @@ def _rows(model: nn.Module, layers: list[tuple[str, nn.Module]], run: Callable[[
     return rows
 
 
-def describe(cfg: Config, shape: list[int], n_bars: int = 1) -> dict:
+def describe(cfg: Config, shape: list[int], n_bars: int) -> dict:
     """Everything ``b2b describe`` prints, as a JSON-ready dict.
 
     Parameters
@@ -297,7 +298,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     shape = resolve_shape(cfg)
     manifest = read_manifest(cfg.data.shards) if (Path(cfg.data.shards) / "manifest.json").is_file() else {}
-    n_bars = manifest.get("spec", {}).get("n_bars", 1)  # the bar gate's segments
+    n_bars = manifest.get("spec", {}).get("n_bars")  # the bar gate's segments
+    if n_bars is None:
+        n_bars = 1
+        if cfg.model.bar_gate:
+            note = f"note: no shards spec in {cfg.data.shards}: the bar gate is counted for 1 bar per sample"
+            print(note, file=sys.stderr)
     report = describe(cfg, shape, n_bars)
     print(json.dumps(report, indent=2) if args.json else format_text(report))
     return 0

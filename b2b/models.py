@@ -256,11 +256,14 @@ def straight_through(probs: torch.Tensor, output: str, threshold: float = 0.5) -
 class BarGate(nn.Module):
     """Latent → one logit per (track, bar): whether the track plays in the bar.
 
-    A linear layer that learns :data:`GATE_LR_MULT` times slower than the rest (StyleGAN's learning-rate
-    multiplier: parameters stored ``1 / mult`` larger and scaled back in the forward pass, so Adam's steps
-    are ``mult`` times smaller in effect). Its logits have unit spread over normal latents. At full speed
-    the gates' bias drifted shut within a few hundred steps (silence is the critic's safest answer), and
-    the voices played in 10-20 points fewer bars than the real ones.
+    A linear layer with StyleGAN's equalized learning rate and a learning-rate multiplier of
+    :data:`GATE_LR_MULT`: parameters are stored ``1 / mult`` larger (the weights also ``sqrt(latent_dim)``
+    larger) and scaled back in the forward pass, so that its logits have unit spread over normal latents
+    and one Adam step moves the effective bias by ``mult * lr`` and each effective weight by ``mult * lr /
+    sqrt(latent_dim)``, against ``lr`` for a plain layer. So the gate starts random in ``z``, calibrated to
+    the data (:meth:`Generator.init_output_bias`), and moves slowly. Why: at the full learning rate the
+    gates' bias drifted shut within a few hundred steps (silence is the critic's safest answer), and the
+    voices played in 10-25 points fewer bars than the real ones.
     """
 
     def __init__(self, latent_dim: int, out_features: int):
@@ -270,7 +273,10 @@ class BarGate(nn.Module):
         self.weight_gain = GATE_LR_MULT / math.sqrt(latent_dim)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(z, self.weight * self.weight_gain, self.bias * GATE_LR_MULT)
+        """Gate logits ``(N, out_features)``, in float32 even under autocast: one flipped gate is a whole
+        bar."""
+        with autocast_disabled(z.device.type):
+            return nn.functional.linear(z.float(), self.weight * self.weight_gain, self.bias * GATE_LR_MULT)
 
     @torch.no_grad()
     def set_bias(self, logits: torch.Tensor) -> None:
@@ -339,6 +345,8 @@ class Generator(nn.Module):
             raise ValueError(f"{plan.shape[1]} time steps do not split into {gate_segments} gate segments")
         self.gate_segments = gate_segments
         self.gate = BarGate(latent_dim, plan.tracks * gate_segments) if gate_segments else None
+        if self.gate is not None:  # open everywhere until init_output_bias calibrates it to the data
+            self.gate.set_bias(torch.full((plan.tracks * gate_segments,), SILENT_MARGIN))
 
     @staticmethod
     def _block(c_in: int, c_out: int, kernel, stride, padding: int) -> nn.Sequential:
@@ -364,15 +372,20 @@ class Generator(nn.Module):
         per_segment = notes.view(n, tracks, self.gate_segments, time // self.gate_segments, pitches)
         return (per_segment * gate).view(n, tracks, time, pitches)
 
-    def probabilities(self, z: torch.Tensor) -> torch.Tensor:
-        """Note probabilities ``(N, tracks, time, pitch)`` in (0, 1) for latents ``(N, latent_dim)``; with
-        a bar gate, 0 where ``binary_det``'s gate is closed (else scaled by the gate's probability)."""
+    def probabilities(self, z: torch.Tensor, draws: torch.Generator | None = None) -> torch.Tensor:
+        """Note probabilities ``(N, tracks, time, pitch)`` in [0, 1) for latents ``(N, latent_dim)``.
+
+        With a bar gate, the gates are decided as in training and closed bars are 0: ``binary_det`` opens
+        a gate whose probability reaches the threshold, ``binary_stoch`` draws it (Bernoulli, from
+        ``draws`` on the device of ``z``, or the global RNG), so that notes drawn from these probabilities
+        silence whole bars as training's did; ``sigmoid`` scales the notes by the gate's probability.
+        """
         probs = self.net[-1][1](self.logits(z))
         if self.gate is None:
             return probs
         gate = self.gate_probabilities(z)
-        if self.output == "binary_det":  # a closed gate silences the segment; an open one passes it
-            gate = binarize(gate, self.output, self.threshold)
+        if self.output != "sigmoid":
+            gate = binarize(gate, self.output, self.threshold, draws)
         return self._gated(probs, gate)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -424,6 +437,10 @@ class Generator(nn.Module):
             # The notes only sound where the gate is open: start them at the density within active segments.
             share = torch.ones(tracks, dtype=torch.float64) if activity is None else torch.as_tensor(activity)
             share = share.to(torch.float64)
+            if share.shape != (tracks,):
+                raise ValueError(
+                    f"activity has shape {tuple(share.shape)}, the generator's tracks ({tracks},)"
+                )
             density = torch.where(share[:, None] > 0, density / share.clamp(min=floor)[:, None], density)
             density = density.clamp(max=1.0)
             self._init_gate_bias(share, z, floor)
@@ -468,12 +485,17 @@ class Generator(nn.Module):
         silent = share <= 0
         clipped = share.clamp(floor, 1 - floor)
         self.gate.bias.zero_()
-        if self.output != "binary_det":  # the gate's logits have unit spread: see BarGate
-            bias = torch.where(silent, torch.full_like(clipped, -SILENT_MARGIN), torch.logit(clipped))
-        else:
-            logits = self.gate(z).double().view(len(z), -1, self.gate_segments)  # (n, tracks, segments)
-            rows = logits.permute(1, 0, 2).reshape(len(share), -1)
+        logits = self.gate(z).double().view(len(z), -1, self.gate_segments)  # (n, tracks, segments)
+        rows = logits.permute(1, 0, 2).reshape(len(share), -1)
+        if self.output == "binary_det":  # the share of gates at or above the threshold
             bias = self._calibrated_bias(rows, clipped, silent)
+        else:  # the mean gate probability (a Bernoulli draw, or a soft gate): bisect, it grows with the bias
+            low, high = torch.full_like(clipped, -30.0), torch.full_like(clipped, 30.0)
+            for _ in range(60):
+                mid = (low + high) / 2
+                above = torch.sigmoid(rows + mid[:, None]).mean(dim=1) > clipped
+                low, high = torch.where(above, low, mid), torch.where(above, mid, high)
+            bias = torch.where(silent, rows.max(dim=1).values.neg() - SILENT_MARGIN, (low + high) / 2)
         self.gate.set_bias(bias.repeat_interleave(self.gate_segments))
 
 
@@ -519,7 +541,7 @@ def recalibrate_batchnorm(generator: Generator, batch_size: int, n_batches: int 
         m.momentum = None  # a cumulative average over the batches below
     generator.train()
     for z in latents:
-        generator.probabilities(z.to(device))
+        generator.logits(z.to(device))  # the statistics live in the convolutions: the output is not needed
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
     generator.eval()
@@ -629,7 +651,7 @@ class Critic(nn.Module):
             return self._score(x.float())
 
 
-def build_models(cfg, shape: Sequence[int], n_bars: int = 1) -> tuple[Generator, Critic]:
+def build_models(cfg, shape: Sequence[int], n_bars: int) -> tuple[Generator, Critic]:
     """Build the generator and critic for ``shape`` from ``cfg.model``.
 
     Parameters

@@ -122,7 +122,8 @@ def generate(
         raise B2BError(f"--n must be at least 1, got {n}")
     latents = torch.randn(n, generator.latent_dim, generator=torch.Generator().manual_seed(seed))
     generator = generator.eval().to(device)
-    parts = [generator.probabilities(z.to(device)).float().cpu() for z in latents.split(batch_size)]
+    gates = torch.Generator(device).manual_seed(seed + 1)  # binary_stoch's bar gates: see probabilities()
+    parts = [generator.probabilities(z.to(device), gates).float().cpu() for z in latents.split(batch_size)]
     return torch.cat(parts).numpy()
 
 

@@ -411,10 +411,10 @@ class Trainer:
     @torch.no_grad()
     def generate(self, latents: torch.Tensor) -> np.ndarray:
         self.calibrate_ema()
-        with self.precision.autocast():
-            probs = self.ema.probabilities(latents.to(self.device)).float()
         # Bernoulli draws from their own seeded stream: looking at the generator must not move training's.
         draws = torch.Generator(self.device).manual_seed(self.cfg.train.seed + 2)
+        with self.precision.autocast():
+            probs = self.ema.probabilities(latents.to(self.device), draws).float()
         return binarize(probs, self.ema.output, self.cfg.train.threshold, draws).bool().cpu().numpy()
 
     def snapshot(self) -> None:

@@ -76,13 +76,13 @@ def demo_overrides(shards: str, run_dir: Path, name: str, precision: str, steps:
 class BareLoop:
     """The WGAN-GP step and nothing else: same networks, losses, optimizers, batch, n_critic and EMA."""
 
-    def __init__(self, cfg, shape: list[int], batches: list[torch.Tensor]):
+    def __init__(self, cfg, shape: list[int], n_bars: int, batches: list[torch.Tensor]):
         from b2b.models import build_models
         from b2b.network import Precision, build_optimizer, resolve_precision
 
         self.cfg = cfg
         torch.manual_seed(cfg.train.seed)
-        self.g, self.d = build_models(cfg, shape)
+        self.g, self.d = build_models(cfg, shape, n_bars)
         self.ema = copy.deepcopy(self.g).requires_grad_(False).eval()
         self.opt_g = build_optimizer(self.g, cfg.optim.g_lr, cfg.optim.betas, cfg.train.adam)
         self.opt_d = build_optimizer(self.d, cfg.optim.d_lr, cfg.optim.betas, cfg.train.adam)
@@ -143,9 +143,9 @@ def bench_overhead(args: argparse.Namespace, run_dir: Path) -> dict:
     trainer = build_trainer(args.shards, run_dir, args.precision)
     cfg = trainer.cfg
     preloaded = preload_batches(cfg, 4 * cfg.loss.n_critic)
-    bare = BareLoop(cfg, cfg.data.shape, [b.float() for b in preloaded])
+    bare = BareLoop(cfg, cfg.data.shape, trainer.spec.n_bars, [b.float() for b in preloaded])
     # An identical second bare loop: its "overhead" over the first is the measurement's noise floor.
-    bare_again = BareLoop(cfg, cfg.data.shape, [b.float() for b in preloaded])
+    bare_again = BareLoop(cfg, cfg.data.shape, trainer.spec.n_bars, [b.float() for b in preloaded])
     samples_per_step = cfg.loss.n_critic * cfg.data.batch_size * cfg.train.grad_accum
     from_loader = trainer.batches
     in_memory = itertools.cycle(preloaded)  # bool, as the loader yields them: next_real still converts

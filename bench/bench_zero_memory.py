@@ -137,7 +137,7 @@ def _worker(rank: int, world: int, port: int, path: str, args: argparse.Namespac
     cfg = _config(args, PATHS[path])
     precision = Precision("fp32", "cpu")
     torch.manual_seed(0)
-    generator, critic = build_models(cfg, cfg.data.shape)
+    generator, critic = build_models(cfg, cfg.data.shape, n_bars=4)  # LPD's 4-bar windows
     n_params = sum(p.numel() for m in (generator, critic) for p in m.parameters())
     dist.barrier()
     base_kb = _status_kb("VmRSS")

@@ -105,15 +105,17 @@ def test_sync_batchnorm_with_the_penalty_is_refused():
 
 def test_build_models_uses_the_config():
     cfg = load_config(None, ["model.latent_dim=7", "model.g_width=3", "model.d_width=5", "model.dropout=0.1"])
-    g, d = build_models(cfg, DEMO)
+    g, d = build_models(cfg, DEMO, 4)
     assert g.latent_dim == 7 and g.shape == DEMO and d.shape == DEMO
     assert g.net[0][0].in_channels == 7 and g.net[0][0].out_channels == 8 * 3
     assert d.body[0][0].out_channels == 5 and d.dropout.p == 0.1
+    assert g.gate_segments == 4 and g.gate.weight.shape == (4 * 4, 7)  # model.bar_gate: 4 tracks × 4 bars
+    assert build_models(load_config(None, ["model.bar_gate=false"]), DEMO, 4)[0].gate is None
     # Default critic_norm = layer, after every convolution but the first (model.critic_norm_first=false).
     assert isinstance(d.body[0][1], torch.nn.Identity) and d.body[0][0].bias is not None
     assert isinstance(d.body[1][1], torch.nn.GroupNorm)
     with pytest.raises(ShapeError):
-        build_models(cfg, (4, 64, 100))
+        build_models(cfg, (4, 64, 100), 4)
 
 
 def test_layer_norm_scores_each_sample_alone_batch_norm_does_not():
@@ -247,7 +249,7 @@ def test_describe_cli_json_text_and_errors(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["shape"] == [5, 96, 84]  # taken from the manifest
     cfg = load_config(None, [f"data.shards={tmp_path}", "model.g_width=4", "model.d_width=4"])
-    assert report == json.loads(json.dumps(describe(cfg, [5, 96, 84])))
+    assert report == json.loads(json.dumps(describe(cfg, [5, 96, 84], n_bars=1)))  # no spec: 1 bar
 
     config = tmp_path / "demo.yaml"
     config.write_text("data:\n  shards: nowhere\n  shape: [4, 64, 48]\n")
@@ -381,9 +383,42 @@ def test_bar_gate_opens_each_track_in_its_share_of_bars_and_silences_closed_bars
         assert torch.equal((g.probabilities(z[:8]) >= 0.5).float(), g(z[:8]))
     with pytest.raises(ValueError, match="64 time steps do not split into 3 gate segments"):
         Generator(DEMO, latent_dim=8, width=4, gate_segments=3)
+    with pytest.raises(ValueError, match=r"activity has shape \(1,\), the generator's tracks \(4,\)"):
+        g.init_output_bias(density, activity=activity[:1])
 
 
-def test_bar_gate_has_unit_spread_and_learns_ten_times_slower():
+def test_bar_gates_start_open_and_soft_gates_calibrate_their_mean():
+    import numpy as np
+
+    torch.manual_seed(0)
+    z = torch.randn(256, 8, generator=torch.Generator().manual_seed(0))  # the calibration's latents
+    # Without calibration (model.density_init=false) every gate starts open: no bar is silenced.
+    g = Generator(DEMO, latent_dim=8, width=4, output="binary_det", pitch_bias=True, gate_segments=4)
+    with torch.no_grad():
+        assert g.gate_probabilities(z).min().item() > 0.99  # logits 12 ± a unit spread
+    # Stochastic gates are Bernoulli draws: their mean probability is the share of bars.
+    density = np.full((4, 48), 0.01)
+    activity = np.array([0.1, 0.5, 0.9, 0.0])
+    g = Generator(DEMO, latent_dim=8, width=4, output="binary_stoch", pitch_bias=True, gate_segments=4)
+    g.init_output_bias(density, activity=activity)
+    with torch.no_grad():
+        mean = g.gate_probabilities(z).mean(dim=(0, 2)).flatten().tolist()
+    assert mean[:3] == pytest.approx([0.1, 0.5, 0.9], abs=1e-6) and mean[3] < 1e-5
+    # Sampling silences whole bars as training does: notes drawn from probabilities() leave the same share
+    # of bars silent as the critic's input (one gate draw per track and bar, not one per cell).
+    from b2b.models import binarize
+
+    g.eval()
+    with torch.no_grad():
+        trained = g(z)
+        draws = torch.Generator().manual_seed(1)
+        sampled = binarize(g.probabilities(z, draws), "binary_stoch", generator=draws)
+    for notes in (trained, sampled):
+        plays = notes.view(256, 4, 4, 16, 48).amax(dim=(3, 4)).mean(dim=(0, 2)).tolist()
+        assert plays == pytest.approx([0.1, 0.5, 0.9, 0.0], abs=0.05)
+
+
+def test_bar_gate_has_unit_spread_and_learns_slowly():
     from b2b.models import GATE_LR_MULT, BarGate
 
     assert GATE_LR_MULT == 0.1
@@ -394,12 +429,19 @@ def test_bar_gate_has_unit_spread_and_learns_ten_times_slower():
         assert gate(z).std().item() == pytest.approx(1.0, abs=0.05)  # logits of unit spread
         gate.set_bias(torch.full((200,), 2.5))
         assert gate(torch.zeros(1, 64)).flatten().tolist() == pytest.approx([2.5] * 200)
-    # Adam's first step moves every stored parameter by lr; the gate's effective bias moves a tenth of it.
+    # Adam's first step moves every stored parameter by lr: the gate's effective bias by a tenth of it,
+    # each effective weight by lr * 0.1 / sqrt(64).
+    weights = (gate.weight * gate.weight_gain).detach().clone()
     opt = torch.optim.Adam(gate.parameters(), lr=1e-3)
     gate(z[:5]).sum().backward()
     opt.step()
     with torch.no_grad():
         assert gate(torch.zeros(1, 64)).flatten().tolist() == pytest.approx([2.5 - 1e-4] * 200, abs=1e-6)
+        moved = (gate.weight * gate.weight_gain - weights).abs()
+        assert moved.max().item() == pytest.approx(1e-4 / 8, rel=1e-2)  # float32 rounding of the stored
+    # In float32 under autocast: a gate is a whole bar.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert gate(z[:5]).dtype == torch.float32
 
 
 def test_minibatch_std_by_hand_and_groups():

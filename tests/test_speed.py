@@ -31,7 +31,7 @@ COMPILE_TOLERANCE = 1e-4  # inductor fuses and reorders float32 arithmetic
 def _losses_and_grads(channels_last: bool = False, compiled: bool = False) -> dict[str, torch.Tensor]:
     cfg = load_config(None, ["model.g_width=4", "model.d_width=4", "model.latent_dim=8", "model.dropout=0"])
     torch.manual_seed(0)
-    generator, critic = build_models(cfg, SHAPE)
+    generator, critic = build_models(cfg, SHAPE, n_bars=2)  # the bar gate in two segments
     real = (torch.rand(4, *SHAPE, generator=torch.Generator().manual_seed(1)) > 0.9).float()
     z = torch.randn(4, 8, generator=torch.Generator().manual_seed(2))
     eps = torch.rand(4, generator=torch.Generator().manual_seed(3))
