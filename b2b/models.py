@@ -7,6 +7,10 @@ the latent vector (as a 1×1 image) to an initial grid ``(t0, p0)`` with a kerne
 exactly ``input × s``). So every axis must be ``d0 × s2 × … × s6`` with ``d0 <= MAX_INITIAL``. The
 critic mirrors this with five convolutions (stride ``s``, kernel ``s + 2``, padding 1: ``in → in / s``)
 that end on the same initial grid, then flatten, dropout and a linear layer to one score.
+
+Output. The last layer's logits, plus a learned bias per track and pitch, give note probabilities; what
+the critic sees is set by ``model.output`` (probabilities, or binary notes through a straight-through
+estimator). A :class:`BarGate` from the latent opens or closes each track in each bar in front of them.
 """
 
 from __future__ import annotations
@@ -657,9 +661,10 @@ def build_models(cfg, shape: Sequence[int], n_bars: int) -> tuple[Generator, Cri
     Parameters
     ----------
     cfg : b2b.config.Config
-        Uses ``model.latent_dim``, ``g_width``, ``d_width``, ``critic_norm``, ``dropout`` and
-        ``sync_batchnorm`` (BatchNorm layers become SyncBatchNorm; the config refuses it for a critic
-        with the gradient penalty).
+        Uses ``model.latent_dim``, ``g_width``, ``d_width``, ``output``, ``pitch_bias``, ``bar_gate``,
+        ``critic_norm``, ``critic_norm_first``, ``mbstd_group``, ``dropout`` and ``sync_batchnorm``
+        (BatchNorm layers become SyncBatchNorm; the config refuses it for a critic with the gradient
+        penalty), and ``train.threshold``.
     shape : sequence of int
         ``(tracks, time, pitch)``.
     n_bars : int

@@ -21,6 +21,7 @@ from b2b.config import Config
 from b2b.data import bar_activity, cell_density
 from b2b.models import Critic, Generator, build_models
 from b2b.network import Network, Precision, build_optimizer, step_decay
+from b2b.spec import RollSpec
 from b2b.watchdog import enable_nccl_flight_recorder
 
 
@@ -59,9 +60,10 @@ def apply_speed_switches(cfg: Config) -> None:
     torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
 
 
-def build_generator_and_critic(cfg: Config, spec, fresh: bool) -> tuple[Generator, Critic]:
+def build_generator_and_critic(cfg: Config, spec: RollSpec, fresh: bool) -> tuple[Generator, Critic]:
     """Both networks, identical on every rank (seeded by ``train.seed``); a fresh run starts the output
-    bias at the data's note density; ``train.channels_last`` stores their activations as NHWC."""
+    bias at the data's note density and the bar gates at each track's share of bars in the data;
+    ``train.channels_last`` stores their activations as NHWC."""
     torch.manual_seed(cfg.train.seed)
     generator, critic = build_models(cfg, spec.shape, spec.n_bars)
     if cfg.model.density_init and fresh:
