@@ -81,7 +81,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    # auto: bf16 on a GPU that has it, else fp32 (CPUs without bf16 units run it several times slower)
+    # auto: bf16 on a GPU that has it, else fp32 (on a CPU bf16 gains little speed for its lost precision)
     precision: str = field(default="auto", metadata=_choice("auto", "bf16", "fp16", "fp32"))
     steps: int = field(default=1000, metadata=_at_least(0))  # generator steps; 0: run `epochs`
     epochs: int = field(default=0, metadata=_at_least(0))  # used when steps == 0

@@ -299,11 +299,9 @@ def run(args: argparse.Namespace) -> int:
     shape = resolve_shape(cfg)
     manifest = read_manifest(cfg.data.shards) if (Path(cfg.data.shards) / "manifest.json").is_file() else {}
     n_bars = manifest.get("spec", {}).get("n_bars")  # the bar gate's segments
-    if n_bars is None:
-        n_bars = 1
-        if cfg.model.bar_gate:
-            note = f"note: no shards spec in {cfg.data.shards}: the bar gate is counted for 1 bar per sample"
-            print(note, file=sys.stderr)
-    report = describe(cfg, shape, n_bars)
+    report = describe(cfg, shape, n_bars or 1)
+    if n_bars is None and cfg.model.bar_gate:  # after the report: an error stays the only line
+        note = f"note: no shards spec in {cfg.data.shards}: the bar gate is counted for 1 bar per sample"
+        print(note, file=sys.stderr)
     print(json.dumps(report, indent=2) if args.json else format_text(report))
     return 0

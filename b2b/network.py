@@ -26,7 +26,7 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 def resolve_precision(name: str, device: torch.device) -> tuple[str, str]:
     """The precision ``train.precision`` means on ``device``, and why: ``auto`` is bf16 on a CUDA GPU with
-    bf16 support, else fp32 (on CPUs without bf16 units bf16 autocast runs several times slower)."""
+    bf16 support, else fp32 (on a CPU bf16 autocast gains little speed for its lost precision)."""
     if name != "auto":
         return name, "as configured"
     if device.type == "cuda" and torch.cuda.is_bf16_supported():

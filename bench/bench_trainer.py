@@ -179,7 +179,7 @@ def bench_overhead(args: argparse.Namespace, run_dir: Path) -> dict:
     if args.profile:
         trainer.batches = from_loader
         result["profile"] = profile_steps(trainer, bare, args.profile_steps)
-    trainer.log.close()
+    trainer.close()
     return result
 
 
