@@ -3,7 +3,7 @@
 1. Metrics: ``b2b.metrics.music_metrics`` on N LPD-17-shaped rolls (17 x 192 x 84, notes of 1-12 steps
    at about 2% density), side by side with a per-sample, per-track loop over pypianoroll 1.0.4's metric
    functions (``empty_beat_rate``, ``n_pitch_classes_used``, ``polyphonic_rate``, ``qualified_note_rate``;
-   only for speed: their values are wrong, see ../shared/PITFALLS.md). Median of the rounds.
+   only for speed: their values are wrong, see docs/evaluation.md). Median of the rounds.
 2. Rendering one LPD-5 sample (5 x 192 x 84): MIDI, piano-roll PNG, FluidSynth and the fallback synth.
 
 One thread (OMP_NUM_THREADS=1). Usage::

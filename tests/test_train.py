@@ -57,7 +57,7 @@ def env() -> dict:
 def accelerate_cmd(
     args: list[str], nproc: int = 2, machines: int = 1, machine_rank: int = 0, port: int | None = None
 ) -> list[str]:
-    # --multi_gpu starts real ranks on a CPU machine (gloo); --cpu would start one (PITFALLS.md).
+    # --multi_gpu starts real ranks on a CPU machine (gloo); --cpu would start only one.
     return [
         sys.executable,
         "-m",
