@@ -113,6 +113,15 @@ class Network:
     def __call__(self, *args, **kwargs) -> torch.Tensor:
         return self.fast(*args, **kwargs)
 
+    def release(self) -> None:
+        """Drop the training wrapper before the process group goes: forwards go to ``module`` from now on.
+
+        DDP's reducer holds the process group and its last all-reduce, and DDP sits in reference cycles.
+        Left for the interpreter's exit it is freed after the process group, and gloo's worker thread
+        then aborts the process (SIGABRT: "terminate called without an active exception").
+        """
+        self.wrapped = self.fast = self.module
+
     def compile(self) -> None:
         """Run training forwards through ``torch.compile(wrapped)``; ``wrapped`` stays eager for passes
         that differentiate twice (the gradient penalty)."""

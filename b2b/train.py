@@ -15,6 +15,7 @@ checkpoint), which the :class:`~b2b.monitor.Monitor` and the :class:`~b2b.checkp
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import shutil
 import signal
@@ -358,6 +359,7 @@ class Trainer:
                     "Resume by running the same command again."
                 )
                 self.monitor.status("interrupted", self.progress.step, signal=name)
+                self.end_training()
                 return 0
         self.finish()
         return 0
@@ -387,6 +389,14 @@ class Trainer:
             self.measure()
         self.save()  # after the final metrics, so the final state can be elected best
         self.monitor.status("finished", step)
+        self.end_training()
+
+    def end_training(self) -> None:
+        """Finish the trackers and destroy the process group, once nothing holds it (``Network.release``)."""
+        for net in (self.g, self.d):
+            net.release()
+        self.accelerator.free_memory()  # accelerate's own references to the wrappers
+        gc.collect()  # the wrappers' reference cycles, now, while the process group is alive
         self.accelerator.end_training()
 
     def close(self) -> None:
@@ -507,17 +517,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if trainer is not None:
             trainer.close()
-        leftovers = {".lock", "status.json"}  # all a start that failed before training wrote
-        folder = cfg.run_path
-        if (
-            created
-            and ranks.rank() == 0
-            and folder.is_dir()
-            and all(p.name in leftovers for p in folder.iterdir())
-        ):
-            import shutil
-
-            shutil.rmtree(cfg.run_path, ignore_errors=True)  # a failed start leaves no empty run folder
+        _remove_if_only_leftovers(cfg.run_path, created)
 
 
 def _remove_if_only_leftovers(folder: Path, created: bool) -> None:

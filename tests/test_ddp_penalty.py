@@ -11,6 +11,7 @@ with that half's statistics (a different function from the union batch's), and d
 different masks, so neither would give the union-batch gradients even when everything is right.
 """
 
+import gc
 import os
 
 import pytest
@@ -43,20 +44,24 @@ def _critic() -> Critic:
     return critic
 
 
+def _rank_grads(rank: int, world: int) -> dict[str, torch.Tensor]:
+    # No buffer broadcast at each forward (torch 2.13's name for broadcast_buffers=False, now
+    # deprecated): with BatchNorm it would modify buffers in place between the three forwards.
+    critic = DDP(_critic(), forward_sync_buffers=False)
+    real, fake, eps = _inputs()
+    half = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
+    loss = critic_loss(critic, real[half], fake[half], gp_lambda=GP_LAMBDA, eps=eps[half])
+    loss.total.backward()
+    return {name: p.grad for name, p in critic.module.named_parameters() if p.grad is not None}
+
+
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        # No buffer broadcast at each forward (torch 2.13's name for broadcast_buffers=False, now
-        # deprecated): with BatchNorm it would modify buffers in place between the three forwards.
-        critic = DDP(_critic(), forward_sync_buffers=False)
-        real, fake, eps = _inputs()
-        half = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
-        loss = critic_loss(critic, real[half], fake[half], gp_lambda=GP_LAMBDA, eps=eps[half])
-        loss.total.backward()
-        grads = {name: p.grad for name, p in critic.module.named_parameters() if p.grad is not None}
-        torch.save(grads, os.path.join(out_dir, f"grads{rank}.pt"))
+        torch.save(_rank_grads(rank, world), os.path.join(out_dir, f"grads{rank}.pt"))
     finally:
+        gc.collect()  # the DDP wrapper's cycles before the process group (b2b.network.Network.release)
         dist.destroy_process_group()
 
 

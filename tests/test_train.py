@@ -383,3 +383,40 @@ def test_generator_step_leaves_the_critic_unchanged(tiny_shards: Path, tmp_path:
         assert all(not p.requires_grad for p in trainer.g.module.parameters())
     finally:
         AcceleratorState._reset_state(True)
+
+
+def _finish_a_run(rank: int, port: int, args: list[str], out: str) -> None:
+    import gc
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from b2b.config import load_config
+    from b2b.preflight import validate_for_training
+    from b2b.train import Trainer
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+    cfg = load_config(None, args)
+    trainer = Trainer(cfg, validate_for_training(cfg))
+    wrapped = type(trainer.g.wrapped).__name__, type(trainer.d.wrapped).__name__
+    trainer.run()
+    trainer.close()
+    gc.collect()
+    ddp_alive = sum(isinstance(o, DDP) for o in gc.get_objects())
+    torch.save({"wrapped": wrapped, "ddp_alive": ddp_alive, "pg": dist.is_initialized()}, f"{out}/{rank}.pt")
+
+
+@pytest.mark.slow
+def test_a_finished_run_frees_ddp_before_the_process_group(tiny_shards: Path, tmp_path: Path) -> None:
+    """A DDP wrapper freed at the interpreter's exit, after its process group, aborted 1 in 3 finished
+    2-rank runs (SIGABRT in gloo's worker thread). The trainer drops them before it destroys the group."""
+    import torch.multiprocessing as mp
+
+    args = overrides(tiny_shards, tmp_path / "runs", "finish", train__steps=2)
+    mp.spawn(_finish_a_run, args=(free_port(), args, str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        result = torch.load(tmp_path / f"{rank}.pt")
+        assert result["wrapped"] == ("DistributedDataParallel", "DistributedDataParallel")
+        assert result["ddp_alive"] == 0, "a DDP wrapper outlived end_training"
+        assert not result["pg"]

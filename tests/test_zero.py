@@ -31,6 +31,7 @@ on the same ranks is asserted bit for bit: the same float32 partitions and RNG s
 from __future__ import annotations
 
 import copy
+import gc
 import os
 import socket
 
@@ -300,6 +301,7 @@ def _worker(rank: int, world: int, port: int, out: str, job: str) -> None:
         results = _train_job(rank, out) if job == "train" else _one_rank_resume_job(rank, out)
         torch.save(results, os.path.join(out, f"{job}-{rank}.pt"))
     finally:
+        gc.collect()  # the engines' cycles before the process group (b2b.network.Network.release)
         dist.destroy_process_group()
 
 
