@@ -64,6 +64,17 @@ def step_decay(base_lr: float, epochs: float, decay: float, every: int) -> float
     return base_lr * decay ** math.floor(epochs / every + 1e-9)
 
 
+def anneal_factor(step: int, total_steps: int, share: float) -> float:
+    """The learning rate's factor at ``step`` (0-based) of ``total_steps``: 1, then a linear fall to 0
+    over the last ``share`` of the steps (``share`` 0: always 1).
+
+    Like :func:`step_decay`, a pure function of where the run stands: resuming needs no state.
+    """
+    if share <= 0:
+        return 1.0
+    return min(1.0, (total_steps - step) / (share * total_steps))
+
+
 def build_optimizer(
     module: nn.Module, lr: float, betas: tuple[float, float], impl: str = "auto"
 ) -> torch.optim.Adam:

@@ -199,7 +199,7 @@ class Trainer:
             self.checkpointer.load(source)
             parts.announce_resume(self.checkpointer, source, self.progress.step, meta["world_size"])
             self.saved_at = self.progress.step  # that checkpoint exists
-            parts.announce_schedule(cfg, meta, self.loader.epochs_done)
+            parts.announce_schedule(cfg, meta, self.loader.epochs_done, self.progress.step, self.total_steps)
             ranks.barrier()
         self.monitor = Monitor(
             cfg, self.run_path, self.accelerator, self.total_steps, self.progress.step, ranks.rank() == 0
@@ -274,7 +274,8 @@ class Trainer:
     def train_step(self) -> int:
         """One step and everything periodic after it; returns the stop signal number (0: go on)."""
         cfg = self.cfg
-        for net, lr in zip((self.g, self.d), parts.learning_rates(cfg, self.loader.epochs_done), strict=True):
+        rates = parts.learning_rates(cfg, self.loader.epochs_done, self.progress.step, self.total_steps)
+        for net, lr in zip((self.g, self.d), rates, strict=True):
             net.set_lr(lr)
         with stats.Collector(self.device) as collector:
             for phase in self.phases:

@@ -82,6 +82,8 @@ VARIANTS: dict[str, list[str]] = {
     "ema-0.999": ["train.ema_beta=0.999"],
     "no-ema-rampup": ["train.ema_rampup=0"],
     "no-ema": ["train.ema_beta=0"],
+    "anneal-0.5": ["optim.anneal=0.5"],
+    "anneal-1": ["optim.anneal=1.0"],
 }
 
 

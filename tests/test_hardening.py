@@ -156,6 +156,27 @@ def test_resuming_from_an_older_checkpoint_abandons_the_later_ones(tiny_shards: 
     assert f"optim.g_lr {first_lr} -> 0.01" in result.stdout
 
 
+def test_the_anneal_falls_linearly_over_the_last_share_and_follows_a_longer_run(
+    tiny_shards: Path, tmp_path: Path
+) -> None:
+    # optim.anneal=0.5 over 8 steps: factor min(1, (8 - step) / 4) for steps 0..7; no epoch decay.
+    fixed = {"optim__g_lr": "0.001", "optim__d_lr": "0.002", "optim__lr_decay": "1.0", "optim__anneal": "0.5"}
+    run = tiny_run(tiny_shards, tmp_path, "anneal", steps=8, **fixed)
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["g_lr"] for x in lines] == pytest.approx([1e-3] * 5 + [7.5e-4, 5e-4, 2.5e-4])
+    assert [x["d_lr"] for x in lines] == pytest.approx([2e-3] * 5 + [1.5e-3, 1e-3, 5e-4])
+    # The same run extended to 12 steps: the anneal now spans 12 steps, from step 8: (12 - step) / 6.
+    args = overrides(
+        tiny_shards, tmp_path, "anneal", train__steps=12, checkpoint__every=1, checkpoint__keep=10, **fixed
+    )
+    result = train(args, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "train.steps 8 -> 12 (the anneal spans the run's steps)" in result.stdout
+    assert "at step 8 (epoch" in result.stdout and "the rates are now G 0.000667, D 0.00133" in result.stdout
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["g_lr"] for x in lines[8:]] == pytest.approx([1e-3 * k / 6 for k in (4, 3, 2, 1)])
+
+
 def test_the_learning_rate_follows_the_config_after_a_resume(tiny_shards: Path, tmp_path: Path) -> None:
     # Batches of 16 and 4 critic updates: an epoch (10 batches of the 165 samples) lasts 2.5 steps.
     short = {"data__batch_size": 16, "loss__n_critic": 4, "optim__g_lr": "0.001", "optim__d_lr": "0.001"}
