@@ -4,9 +4,9 @@
 #   bash bench/gpu_check.sh [OUT_DIR]     # OUT_DIR defaults to runs/gpu-check; report: OUT_DIR/gpu-check.md
 #
 # With CUDA (target: under 8 minutes on one or more NVIDIA GPUs):
-#   1. pytest -m gpu (tests/test_gpu.py: the penalty's float32 pass under bf16/fp16 autocast, bitwise
-#      resume with deterministic kernels, ZeRO-2 on one GPU, NCCL on two); counts and messages go into
-#      the report;
+#   1. pytest -m gpu (tests/test_losses.py's cuda cases: the penalty's float32 pass under bf16/fp16
+#      autocast; tests/test_gpu.py: TF32, bitwise resume with deterministic kernels, ZeRO-2 on one GPU,
+#      NCCL on two); counts and messages go into the report;
 #   2. bench/bench_speed.py: fp32/bf16 x compile off/on x channels_last off/on at the 8gpu shape, then
 #      the seed shape, each given what is left of the time budget (a variant that does not fit, or fails,
 #      is marked in its table);
