@@ -256,34 +256,32 @@ def iter_samples(shards: str | Path, split: str = "val", limit: int | None = Non
             produced += 1
 
 
-def cell_density(shards: str | Path, split: str = "train", limit: int = 2048) -> np.ndarray:
-    """The share of steps each pitch of each track is on, over the first ``limit`` samples of ``split``:
-    ``(tracks, pitch)`` float64.
+def note_statistics(
+    shards: str | Path, n_bars: int, split: str = "train", limit: int = 2048
+) -> tuple[np.ndarray, np.ndarray]:
+    """What the generator's output bias and bar gates start from, in one read of the first ``limit``
+    samples of ``split``.
 
-    The same on every rank (shard order, no shuffling), so a network initialised from it starts identical
-    everywhere.
+    Returns
+    -------
+    density : np.ndarray
+        The share of steps each pitch of each track is on: ``(tracks, pitch)`` float64.
+    activity : np.ndarray
+        The share of bars in which each track plays (has at least one note): ``(tracks,)`` float64.
+
+    Both are the same on every rank (shard order, no shuffling), so networks initialised from them start
+    identical everywhere.
     """
-    total, count = None, 0
+    density, played, count = None, None, 0
     for roll in iter_samples(shards, split=split, limit=limit):
         per_cell = roll.mean(axis=1, dtype=np.float64)
-        total = per_cell if total is None else total + per_cell
+        bars = roll.reshape(roll.shape[0], n_bars, -1).any(axis=2).sum(axis=1, dtype=np.float64)
+        density = per_cell if density is None else density + per_cell
+        played = bars if played is None else played + bars
         count += 1
-    if total is None:
+    if density is None:
         raise DataError(f"the {split} split of {shards} holds no samples")
-    return total / count
-
-
-def bar_activity(shards: str | Path, n_bars: int, split: str = "train", limit: int = 2048) -> np.ndarray:
-    """The share of bars in which each track plays (has at least one note), over the first ``limit``
-    samples of ``split``: ``(tracks,)`` float64, the same on every rank."""
-    total, count = None, 0
-    for roll in iter_samples(shards, split=split, limit=limit):
-        bars = roll.reshape(roll.shape[0], n_bars, -1).any(axis=2)  # (tracks, bars)
-        total = bars.sum(axis=1, dtype=np.float64) if total is None else total + bars.sum(axis=1)
-        count += n_bars
-    if total is None:
-        raise DataError(f"the {split} split of {shards} holds no samples")
-    return total / count
+    return density / count, played / (count * n_bars)
 
 
 def transpose_shifts(

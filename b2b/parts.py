@@ -18,7 +18,7 @@ import torch
 from b2b import ranks
 from b2b.checkpoint import Checkpointer, choose_resume, read_meta, resolve_checkpoint
 from b2b.config import Config
-from b2b.data import bar_activity, cell_density
+from b2b.data import note_statistics
 from b2b.models import Critic, Generator, build_models
 from b2b.network import Network, Precision, anneal_factor, build_optimizer, step_decay
 from b2b.spec import RollSpec
@@ -67,8 +67,8 @@ def build_generator_and_critic(cfg: Config, spec: RollSpec, fresh: bool) -> tupl
     torch.manual_seed(cfg.train.seed)
     generator, critic = build_models(cfg, spec.shape, spec.n_bars)
     if cfg.model.density_init and fresh:
-        activity = bar_activity(cfg.data.shards, spec.n_bars) if cfg.model.bar_gate else None
-        generator.init_output_bias(cell_density(cfg.data.shards), activity=activity)
+        density, activity = note_statistics(cfg.data.shards, spec.n_bars)
+        generator.init_output_bias(density, activity=activity if cfg.model.bar_gate else None)
     if cfg.train.channels_last:
         generator.to(memory_format=torch.channels_last)
         critic.to(memory_format=torch.channels_last)

@@ -345,9 +345,9 @@ def test_eval_errors_are_one_clear_line(setup, samples, tmp_path, capsys):
     assert "manifest.json does not exist" in capsys.readouterr().err
 
 
-def test_bar_activity_and_cell_density_by_hand(tmp_path: Path) -> None:
+def test_note_statistics_by_hand(tmp_path: Path) -> None:
     """What the output bias and the bar gates start from, on two hand-written samples of 2 bars."""
-    from b2b.data import bar_activity, cell_density
+    from b2b.data import note_statistics
 
     rolls = np.zeros((2, *SPEC.shape), bool)
     rolls[0, 1, 0:4, 12] = True  # piano: one note in bar 0 of sample 0 only
@@ -355,7 +355,8 @@ def test_bar_activity_and_cell_density_by_hand(tmp_path: Path) -> None:
     rolls[1, 3, 20, 7] = True  # strings: one step in bar 1 of sample 1
     shards = write_shards(tmp_path / "shards", SPEC, {"train": rolls, "val": rolls[:1]})
     # Bars played per track over 2 samples × 2 bars: drums 0, piano 1, bass 4, strings 1.
-    assert bar_activity(shards, SPEC.n_bars).tolist() == [0.0, 0.25, 1.0, 0.25]
-    density = cell_density(shards)  # share of the 32 steps each pitch is on, averaged over the samples
+    density, activity = note_statistics(shards, SPEC.n_bars)
+    assert activity.tolist() == [0.0, 0.25, 1.0, 0.25]
+    # density: the share of the 32 steps each pitch is on, averaged over the samples
     assert density[1, 12] == 4 / 32 / 2 and density[2, 5] == 1.0 and density[3, 7] == 1 / 32 / 2
     assert density.sum() == pytest.approx(4 / 64 + 1.0 + 1 / 64)
