@@ -78,7 +78,7 @@ class OptimConfig:
     )  # the learning rate's factor every lr_decay_every epochs
     lr_decay_every: int = field(default=25, metadata=_at_least(1))  # epochs between decays
     # the last share of the run's steps, over which both learning rates fall linearly to 0 (0: off)
-    anneal: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
+    anneal: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})
 
 
 @dataclass

@@ -54,7 +54,7 @@ VARIANTS: dict[str, list[str]] = {
     "before": [
         *("model.output=sigmoid", "model.density_init=false", "model.pitch_bias=false"),
         "model.bar_gate=false",
-        *("model.critic_norm_first=true", "train.ema_rampup=0"),
+        *("model.critic_norm_first=true", "train.ema_rampup=0", "optim.anneal=0"),
     ],
     # The seed project's recipe on the same networks (configs/seed.yaml): also its learning rates, its
     # batch-normalized critic, its 0.9 threshold and no EMA (samples from the raw generator).
@@ -67,7 +67,7 @@ VARIANTS: dict[str, list[str]] = {
             "train.ema_beta=0",
             "train.ema_rampup=0",
         ),
-        *("optim.g_lr=0.0003", "optim.d_lr=0.0006", "train.threshold=0.9"),
+        *("optim.g_lr=0.0003", "optim.d_lr=0.0006", "optim.anneal=0", "train.threshold=0.9"),
     ],
     "sigmoid": ["model.output=sigmoid"],
     "binary-stoch": ["model.output=binary_stoch"],
@@ -82,7 +82,7 @@ VARIANTS: dict[str, list[str]] = {
     "ema-0.999": ["train.ema_beta=0.999"],
     "no-ema-rampup": ["train.ema_rampup=0"],
     "no-ema": ["train.ema_beta=0"],
-    "anneal-0.5": ["optim.anneal=0.5"],
+    "no-anneal": ["optim.anneal=0"],
     "anneal-1": ["optim.anneal=1.0"],
 }
 

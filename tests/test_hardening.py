@@ -178,8 +178,10 @@ def test_the_anneal_falls_linearly_over_the_last_share_and_follows_a_longer_run(
 
 
 def test_the_learning_rate_follows_the_config_after_a_resume(tiny_shards: Path, tmp_path: Path) -> None:
-    # Batches of 16 and 4 critic updates: an epoch (10 batches of the 165 samples) lasts 2.5 steps.
+    # Batches of 16 and 4 critic updates: an epoch (10 batches of the 165 samples) lasts 2.5 steps. The
+    # step decay alone (no anneal), so each rate shows which schedule made it.
     short = {"data__batch_size": 16, "loss__n_critic": 4, "optim__g_lr": "0.001", "optim__d_lr": "0.001"}
+    short["optim__anneal"] = "0"
     run = tiny_run(
         tiny_shards, tmp_path, "lr", steps=4, optim__lr_decay="0.5", optim__lr_decay_every=1, **short
     )
