@@ -154,9 +154,10 @@ def announce_schedule(cfg: Config, meta: dict, epochs_done: float, step: int, to
     saved_batch = meta["world_size"] * meta["config"]["data"]["batch_size"]
     if saved_batch != ranks.world_size() * cfg.data.batch_size:
         changed.append("global batch size (epochs now take another number of steps)")
-    saved_steps = meta["config"]["train"]["steps"]
-    if cfg.optim.anneal > 0 and saved_steps != cfg.train.steps:
-        changed.append(f"train.steps {saved_steps} -> {cfg.train.steps} (the anneal spans the run's steps)")
+    for key in ("steps", "epochs"):  # what sets the run's length, which the anneal spans
+        saved_value, value = meta["config"]["train"].get(key), getattr(cfg.train, key)
+        if cfg.optim.anneal > 0 and saved_value != value:
+            changed.append(f"train.{key} {saved_value} -> {value} (the anneal spans the run's steps)")
     if changed:
         g_lr, d_lr = learning_rates(cfg, epochs_done, step, total_steps)
         print(
