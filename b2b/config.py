@@ -4,7 +4,7 @@ Every field has a default, a type and (where it matters) a set of valid values. 
 YAML file, applies overrides such as ``train.precision=fp16``, checks types and values (NaN and
 infinities are refused for every number), and returns a :class:`Config`. Errors name the key, the value
 and what would be valid. This module is a leaf: checks that need the file system, the networks or
-DeepSpeed live in :mod:`b2b.preflight`.
+DeepSpeed live in :mod:`b2b.training.preflight`.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
-from b2b.checkpoint import read_meta
+from b2b.checkpoint.folder import read_meta
 
 REPO = Path(__file__).resolve().parent.parent
 NORMS = ("batch", "layer", "none")

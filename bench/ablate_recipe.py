@@ -2,7 +2,7 @@
 
 Trains a config (``configs/demo.yaml`` by default) changed only in its data and in one variant's
 overrides, for every (corpus, variant, seed), then generates 256 samples from the final EMA generator and
-measures them against the corpus (``b2b.reference``: music statistics, diversity, precision/recall,
+measures them against the corpus (``b2b.eval.reference``: music statistics, diversity, precision/recall,
 copies, per-voice playing share and density). A run *passes* when every track that plays in the corpus
 plays in its real share of bars within ``--plays-tol`` points at 0.5-2x the real density, every track
 silent in the corpus stays silent, the diversity is at least ``--min-diversity`` of real and no sample is a
@@ -154,9 +154,10 @@ def train(run: Path, shards: Path, variant: str, seed: int, args: argparse.Names
 def evaluate(run: Path, shards: Path, wall: float, split: str = "train") -> dict:
     import numpy as np
 
-    from b2b.checkpoint import load_generator, read_meta
-    from b2b.reference import RealReference
-    from b2b.sample import generate, to_notes
+    from b2b.checkpoint.folder import read_meta
+    from b2b.checkpoint.inference import load_generator
+    from b2b.cli.sample import generate, to_notes
+    from b2b.eval.reference import RealReference
 
     generator, spec, cfg = load_generator(run)
     rolls = to_notes(generate(generator, 256, 0), generator.output, cfg.train.threshold, 0)

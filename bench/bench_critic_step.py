@@ -19,8 +19,8 @@ import time
 import torch
 from tqdm import tqdm
 
-from b2b.losses import critic_loss
-from b2b.models import Critic
+from b2b.model.critic import Critic
+from b2b.training.losses import critic_loss
 
 SIZES = {
     # name: (shape, width, batch)

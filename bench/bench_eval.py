@@ -1,6 +1,6 @@
 """Speed of the music metrics and of rendering samples (not a test).
 
-1. Metrics: ``b2b.metrics.music_metrics`` on N LPD-17-shaped rolls (17 x 192 x 84, notes of 1-12 steps
+1. Metrics: ``b2b.eval.metrics.music_metrics`` on N LPD-17-shaped rolls (17 x 192 x 84, notes of 1-12 steps
    at about 2% density), side by side with a per-sample, per-track loop over pypianoroll 1.0.4's metric
    functions (``empty_beat_rate``, ``n_pitch_classes_used``, ``polyphonic_rate``, ``qualified_note_rate``;
    only for speed: their values are wrong, see docs/evaluation.md). Median of the rounds.
@@ -26,8 +26,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import pypianoroll  # noqa: E402
 
-from b2b.metrics import music_metrics  # noqa: E402
-from b2b.render import fluidsynth_available, roll_to_midi, save_roll_grid, synthesize  # noqa: E402
+from b2b.eval.metrics import music_metrics  # noqa: E402
+from b2b.eval.render import fluidsynth_available, roll_to_midi, save_roll_grid, synthesize  # noqa: E402
 from b2b.spec import LPD5_TRACKS, LPD17_TRACKS, RollSpec  # noqa: E402
 
 

@@ -39,8 +39,8 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from lpd_fixtures import write_lpd_tree  # noqa: E402
 
-from b2b.cli import main as b2b_main  # noqa: E402
-from b2b.data import TrainLoader  # noqa: E402
+from b2b.cli.main import main as b2b_main  # noqa: E402
+from b2b.data.loader import TrainLoader  # noqa: E402
 
 STEPS_PER_BEAT = 12
 WINDOW = 4 * 4 * STEPS_PER_BEAT  # 4 bars of 4 beats

@@ -1,6 +1,6 @@
 """Throughput of the real trainer for a grid of speed switches: samples/s, FLOP/s, MFU and peak memory.
 
-What runs. ``b2b.train.Trainer.train_step()``, the step a user's run takes: ``loss.n_critic`` critic
+What runs. ``Trainer.train_step()``, the step a user's run takes: ``loss.n_critic`` critic
 updates with the gradient penalty, one generator update, the EMA, the statistics all-reduce with its host
 sync and the periodic log line, with the batches from the trainer's own ``TrainLoader``. The trainer is
 built from a shipped config (model widths, batch size, ``n_critic``, ``data.num_workers``), with only the
@@ -12,7 +12,7 @@ Shapes (``--shape``): ``demo`` is configs/demo.yaml at [4, 64, 48] (the chorale 
 is configs/seed.yaml's model and batch at [17, 192, 84]; ``8gpu`` is configs/8gpu.yaml's at [17, 192, 84].
 
 The data. No real LPD shards are needed: the bench writes synthetic shards of the shape into a temporary
-folder with b2b's own writer (``b2b.shards.ShardWriter``, ``b2b.codec.encode_roll``) and a manifest like
+folder with b2b's own writer (``ShardWriter``, ``b2b.data.codec.encode_roll``) and a manifest like
 the one ``b2b shards build`` writes: 64 random sparse rolls (held notes at random pitches, a few percent of
 cells on), repeated to four steps' worth of samples. So every step reads tars, inflates, unpacks and
 copies to the device through the real loader with the config's workers, at about the cost real shards
@@ -30,8 +30,8 @@ without compile first, so a time budget spent on compiling still leaves them mea
 (each goes first in turn), so drift of a shared machine hits all variants alike. Reported: the median over
 rounds of samples/s (a sample is one real roll fed to the critic: ``n_critic × batch_size × grad_accum``
 per step), the median of the per-round ratios to the first variant, the achieved FLOP/s (the step's
-matmul and convolution FLOPs from ``b2b.describe``, penalty double backward included, the figure the
-trainer logs) and MFU against ``b2b.hardware.peak_tflops`` for the device and precision (fp32 with
+matmul and convolution FLOPs from ``b2b.training.describe``, penalty double backward included, the figure the
+trainer logs) and MFU against ``b2b.runtime.hardware.peak_tflops`` for the device and precision (fp32 with
 ``train.tf32`` on: the TF32 peak); on a CPU against the fp32 GEMM peak measured once at start with the same
 threads. On a CPU the samples/s by this process's CPU time are shown too: with one thread they are the
 step's own cost, much less disturbed by other processes than the wall clock.
@@ -248,8 +248,8 @@ def write_synthetic_shards(folder: Path, preset: Preset, n_samples: int, seed: i
     """A train split of ``n_samples`` random rolls of ``preset``'s shape, written as ``b2b shards build``
     writes shards (tars of ``<key>.roll`` members and a manifest); returns ``folder``."""
     from b2b.atomic import write_text
-    from b2b.codec import ENCODING, encode_roll
-    from b2b.shards import FORMAT, ShardWriter
+    from b2b.data.codec import ENCODING, encode_roll
+    from b2b.data.shards import FORMAT, ShardWriter
     from b2b.spec import CHORALE_TRACKS, LPD17_TRACKS, RollSpec
 
     spec = RollSpec(
@@ -366,8 +366,8 @@ class Runner:
     def build(self, name: str) -> None:
         """Build the trainer and run its warm-up steps; raises what the variant raises."""
         from b2b.config import load_config
-        from b2b.preflight import validate_for_training
-        from b2b.train import Trainer
+        from b2b.training.preflight import validate_for_training
+        from b2b.training.trainer import Trainer
 
         synchronize()
         before = allocated()
@@ -630,7 +630,9 @@ def result_table(shape: str, results: list[Result], args: argparse.Namespace, ge
     if not cpu:  # what MFU is measured against, per precision
         peaks = {(r.peak_source, r.peak_tflops) for r in results if r.peak_source}
         listed = "; ".join(f"{source}: {peak:g} TFLOP/s" for source, peak in sorted(peaks))
-        lines.append(f"\nMFU against the dense peak of {listed or 'no variant that ran'} (b2b.hardware).")
+        lines.append(
+            f"\nMFU against the dense peak of {listed or 'no variant that ran'} (b2b.runtime.hardware)."
+        )
     return "\n".join(lines)
 
 
@@ -875,7 +877,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.deterministic = False
     # On a CPU, MFU is against what this process's threads reach on a float32 GEMM (measured once, so all
     # variants share one reference).
-    from b2b.hardware import cpu_peak_tflops
+    from b2b.runtime.hardware import cpu_peak_tflops
 
     gemm_peak = None if on_cuda() else cpu_peak_tflops()
     with tempfile.TemporaryDirectory(prefix="b2b-bench-speed-") as tmp:

@@ -77,8 +77,8 @@ class BareLoop:
     """The WGAN-GP step and nothing else: same networks, losses, optimizers, batch, n_critic and EMA."""
 
     def __init__(self, cfg, shape: list[int], n_bars: int, batches: list[torch.Tensor]):
-        from b2b.models import build_models
-        from b2b.network import Precision, build_optimizer, resolve_precision
+        from b2b.model.networks import build_models
+        from b2b.training.network import Precision, build_optimizer, resolve_precision
 
         self.cfg = cfg
         torch.manual_seed(cfg.train.seed)
@@ -92,8 +92,8 @@ class BareLoop:
         ).autocast
 
     def step(self) -> None:
-        from b2b.losses import critic_loss, generator_loss
-        from b2b.models import update_ema
+        from b2b.model.ema import update_ema
+        from b2b.training.losses import critic_loss, generator_loss
 
         cfg = self.cfg
         self.g.requires_grad_(False)
@@ -119,8 +119,8 @@ class BareLoop:
 
 def build_trainer(shards: str, run_dir: Path, precision: str):
     from b2b.config import load_config
-    from b2b.preflight import validate_for_training
-    from b2b.train import Trainer
+    from b2b.training.preflight import validate_for_training
+    from b2b.training.trainer import Trainer
 
     cfg = load_config(DEMO, demo_overrides(shards, run_dir, "bench-trainer", precision, 10**9))
     manifest = validate_for_training(cfg)
@@ -133,7 +133,7 @@ def build_trainer(shards: str, run_dir: Path, precision: str):
 
 
 def preload_batches(cfg, n: int) -> list[torch.Tensor]:
-    from b2b.data import TrainLoader
+    from b2b.data.loader import TrainLoader
 
     loader = TrainLoader(cfg.data.shards, batch_size=cfg.data.batch_size, rank=0, world_size=1, seed=1)
     return list(itertools.islice(iter(loader), n))
@@ -186,7 +186,7 @@ def bench_overhead(args: argparse.Namespace, run_dir: Path) -> dict:
 def loader_cpu_ms(cfg, batches: int = 200) -> float:
     """CPU milliseconds per batch of the loader in the training process (num_workers 0), ``.float()``
     included."""
-    from b2b.data import TrainLoader
+    from b2b.data.loader import TrainLoader
 
     loader = TrainLoader(cfg.data.shards, batch_size=cfg.data.batch_size, rank=0, world_size=1, seed=2)
     stream = iter(loader)

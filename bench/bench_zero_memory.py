@@ -4,7 +4,7 @@
     python bench/bench_zero_memory.py --width 64 --steps 2
 
 For each path a fresh pair of processes builds the generator and critic (same seed), wraps them as the
-trainer does (b2b.network.Network over DDP, or b2b.zero.build_zero_networks), and runs ``--steps`` b2b steps
+trainer does (Network over DDP, or b2b.training.zero.build_zero_networks), and runs ``--steps`` b2b steps
 (critic update with the gradient penalty, then generator update). Per rank it reports:
 
 - optimizer state: bytes of the Adam moments this rank holds (ZeRO: its partition), plus ZeRO's float32
@@ -37,9 +37,9 @@ import torch.multiprocessing as mp  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
 from b2b.config import load_config  # noqa: E402
-from b2b.losses import critic_loss, generator_loss  # noqa: E402
-from b2b.models import build_models  # noqa: E402
-from b2b.network import Network, Precision, build_optimizer  # noqa: E402
+from b2b.model.networks import build_models  # noqa: E402
+from b2b.training.losses import critic_loss, generator_loss  # noqa: E402
+from b2b.training.network import Network, Precision, build_optimizer  # noqa: E402
 
 PATHS = {"ddp": 0, "zero1": 1, "zero2": 2}
 MB = 2**20
@@ -73,7 +73,7 @@ def _config(args: argparse.Namespace, stage: int):
 
 def _nets(cfg, generator, critic, precision: Precision):
     if cfg.deepspeed.zero_stage:
-        from b2b.zero import build_zero_networks
+        from b2b.training.zero import build_zero_networks
 
         return build_zero_networks(cfg, generator, critic, precision)
     nets = []

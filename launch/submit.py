@@ -30,7 +30,7 @@ import slurm_job  # launch/ is on sys.path: it is this script's folder
 
 from b2b.config import load_config
 from b2b.errors import B2BError
-from b2b.preflight import validate_for_training
+from b2b.training.preflight import validate_for_training
 
 USR2_TRAP = [
     "# scancel --signal=USR2 --full also signals this shell: trap it so it is not killed by default",

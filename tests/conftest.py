@@ -64,7 +64,7 @@ def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Shards built by the real builder from 12 LPD-format songs written with pypianoroll."""
     from lpd_fixtures import write_lpd_tree
 
-    from b2b.cli import main
+    from b2b.cli.main import main
 
     root = tmp_path_factory.mktemp("tiny")
     write_lpd_tree(root / "lpd", 12, seed=3, n_bars=16, tracks="lpd5")

@@ -11,7 +11,7 @@ import pytest
 from conftest import free_port
 from test_train import env, overrides
 
-from b2b.cli import main
+from b2b.cli.main import main
 
 REPO = Path(__file__).resolve().parent.parent
 

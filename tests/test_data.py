@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from b2b.codec import encode_roll
-from b2b.data import STATE_FORMAT, TrainLoader, iter_samples
-from b2b.epoch_plan import LayoutSpan, epoch_sequence, lane_block
+from b2b.data.codec import encode_roll
+from b2b.data.epoch_plan import LayoutSpan, epoch_sequence, lane_block
+from b2b.data.loader import STATE_FORMAT, TrainLoader
+from b2b.data.reading import iter_samples
 from b2b.errors import DataError
 
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
@@ -425,7 +426,7 @@ def test_iter_samples_reads_a_split_in_shard_order(shards):
 
 
 def test_transposition_moves_pitched_tracks_within_range_and_resumes(tmp_path):
-    from b2b.data import transpose, transpose_shifts
+    from b2b.data.reading import transpose, transpose_shifts
 
     rolls = np.zeros((3, 2, 4, 10), bool)
     rolls[0, 0, 0, [2, 5]] = True  # room: 2 down, 4 up

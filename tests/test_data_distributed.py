@@ -25,7 +25,7 @@ def _rank(rank: int, world: int, root: str, out: str) -> None:
         timeout=timedelta(seconds=60),
     )
     try:
-        from b2b.data import TrainLoader
+        from b2b.data.loader import TrainLoader
 
         # 1 worker per rank: the batches cross a real worker process too.
         loader = TrainLoader(root, batch_size=3, rank=rank, world_size=world, seed=11, num_workers=1)

@@ -20,8 +20,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from b2b.losses import critic_loss
-from b2b.models import Critic
+from b2b.model.critic import Critic
+from b2b.training.losses import critic_loss
 
 SHAPE = (3, 16, 12)
 BATCH = 8  # union batch; 4 per rank
@@ -61,7 +61,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     try:
         torch.save(_rank_grads(rank, world), os.path.join(out_dir, f"grads{rank}.pt"))
     finally:
-        gc.collect()  # the DDP wrapper's cycles before the process group (b2b.network.Network.release)
+        gc.collect()  # the DDP wrapper's cycles before the process group (Network.release)
         dist.destroy_process_group()
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from b2b.diversity import (
+from b2b.errors import ShapeError
+from b2b.eval.diversity import (
     NEAR_COPY,
     CellSets,
     copy_rates,
@@ -15,9 +16,8 @@ from b2b.diversity import (
     nearest_distances,
     sample_features,
 )
-from b2b.errors import ShapeError
-from b2b.metrics import distance_to_real, metric_gaps, music_metrics
-from b2b.reference import RealReference, voice_rows
+from b2b.eval.metrics import distance_to_real, metric_gaps, music_metrics
+from b2b.eval.reference import RealReference, voice_rows
 from b2b.spec import RollSpec, Track
 
 SPEC = RollSpec(
@@ -151,8 +151,8 @@ def test_voice_rows_flag_a_silent_voice_a_sparse_voice_and_a_playing_silent_trac
 
 
 def test_real_reference_from_shards_flags_copies(tiny_shards):
-    from b2b.data import iter_samples
-    from b2b.evaluate import shards_spec
+    from b2b.cli.eval import shards_spec
+    from b2b.data.reading import iter_samples
 
     spec = shards_spec(tiny_shards)
     reference = RealReference.from_shards(tiny_shards, spec, kept=8, train_n=64)

@@ -44,7 +44,7 @@ COMMANDS = shell_commands()
 def _b2b_parser(name: str) -> argparse.ArgumentParser:
     import importlib
 
-    from b2b.cli import COMMANDS as SUBCOMMANDS
+    from b2b.cli.main import COMMANDS as SUBCOMMANDS
 
     parser = argparse.ArgumentParser(prog=f"b2b {name}", exit_on_error=False)
     importlib.import_module(SUBCOMMANDS[name][0]).add_arguments(parser)

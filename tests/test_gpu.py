@@ -21,9 +21,9 @@ import pytest
 import torch
 from test_train import accelerate_cmd, assert_identical, checkpoint_state, env, overrides
 
-from b2b import checkpoint as ckpt
-from b2b.losses import gradient_penalty
-from b2b.models import Critic
+from b2b.checkpoint import checkpointer as ckpt
+from b2b.model.critic import Critic
+from b2b.training.losses import gradient_penalty
 
 pytestmark = [
     pytest.mark.gpu,

@@ -20,7 +20,7 @@ import pytest
 import torch
 from test_train import assert_identical, checkpoint_state, env, overrides, start, wait_for
 
-from b2b import checkpoint as ckpt
+from b2b.checkpoint import checkpointer as ckpt
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -241,7 +241,7 @@ def test_a_damaged_latest_checkpoint_is_named_and_passed_over(
 def test_a_damaged_export_or_checkpoint_is_refused_by_sample(
     tiny_shards: Path, tmp_path: Path, capsys
 ) -> None:
-    from b2b.cli import main
+    from b2b.cli.main import main
 
     run = tiny_run(tiny_shards, tmp_path, "exp", steps=1)
     garbage = tmp_path / "g.safetensors"

@@ -4,8 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from b2b.losses import critic_loss, generator_loss, gradient_penalty
-from b2b.models import Critic, Generator
+from b2b.model.critic import Critic
+from b2b.model.generator import Generator
+from b2b.training.losses import critic_loss, generator_loss, gradient_penalty
 
 SHAPE = (2, 16, 12)
 
@@ -84,7 +85,7 @@ def test_critic_loss_terms_and_lazy_weight():
 
 
 def test_losses_report_their_statistics_averaged_over_the_updates_that_made_them():
-    from b2b.stats import Collector
+    from b2b.training.stats import Collector
 
     torch.manual_seed(0)
     critic = Critic(SHAPE, 4, dropout=0.0)

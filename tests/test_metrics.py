@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from b2b.errors import B2BError, ShapeError
-from b2b.metrics import (
+from b2b.eval.metrics import (
     distance_to_real,
     metric_gaps,
     music_metrics,

@@ -8,15 +8,11 @@ import torch
 
 from b2b.config import load_config
 from b2b.errors import ConfigError, ShapeError
-from b2b.models import (
-    MAX_INITIAL,
-    Critic,
-    Generator,
-    SelfAttention,
-    build_models,
-    check_shape,
-    layer_plan,
-)
+from b2b.model.critic import Critic
+from b2b.model.generator import Generator
+from b2b.model.layers import SelfAttention
+from b2b.model.networks import build_models
+from b2b.model.shape import MAX_INITIAL, check_shape, layer_plan
 
 DEMO = (4, 64, 48)
 LPD5 = (5, 192, 84)
@@ -87,7 +83,7 @@ def test_refusal_names_axis_size_rule_and_nearest_sizes():
 
 
 def test_config_validation_refuses_a_shape_before_any_convolution(tmp_path):
-    from b2b.preflight import validate_for_training
+    from b2b.training.preflight import validate_for_training
 
     (tmp_path / "manifest.json").write_text(json.dumps({"shape": [4, 64, 100], "shards": []}))
     cfg = load_config(None, [f"data.shards={tmp_path}"])
@@ -151,7 +147,7 @@ def test_self_attention_matches_a_hand_written_one():
 
 
 def test_gamma_starts_at_zero_and_moves_in_training():
-    from b2b.losses import critic_loss, generator_loss
+    from b2b.training.losses import critic_loss, generator_loss
 
     torch.manual_seed(0)
     g, d = Generator(DEMO, 8, 2), Critic(DEMO, 2)
@@ -202,7 +198,7 @@ def test_same_seed_same_networks_bit_for_bit():
 
 
 def test_describe_counts_parameters_and_flops(capsys):
-    from b2b.describe import describe
+    from b2b.training.describe import describe
 
     cfg = load_config(None, ["data.shape=[4,64,48]"])
     report = describe(cfg, [4, 64, 48], n_bars=4)
@@ -241,8 +237,8 @@ def test_describe_counts_parameters_and_flops(capsys):
 
 
 def test_describe_cli_json_text_and_errors(tmp_path, capsys):
-    from b2b.cli import main
-    from b2b.describe import describe
+    from b2b.cli.main import main
+    from b2b.training.describe import describe
 
     (tmp_path / "manifest.json").write_text(json.dumps({"shape": [5, 96, 84], "shards": []}))
     assert main(["describe", f"data.shards={tmp_path}", "model.g_width=4", "model.d_width=4", "--json"]) == 0
@@ -271,7 +267,7 @@ def test_describe_cli_json_text_and_errors(tmp_path, capsys):
 
 
 def test_straight_through_outputs_are_binary_forward_and_identity_backward():
-    from b2b.models import binarize, straight_through
+    from b2b.model.generator import binarize, straight_through
 
     probs = torch.tensor([0.2, 0.5, 0.7, 0.95], requires_grad=True)
     hard = straight_through(probs, "binary_det", threshold=0.6)
@@ -325,7 +321,7 @@ def test_output_bias_starts_each_track_at_its_density():
 def test_calibrated_pitch_bias_starts_every_cell_at_its_share_of_notes():
     import numpy as np
 
-    from b2b.models import SILENT_MARGIN
+    from b2b.model.generator import SILENT_MARGIN
 
     density = np.zeros((4, 48))
     density[0, 20:30] = 0.02  # a voice's range
@@ -406,7 +402,7 @@ def test_bar_gates_start_open_and_soft_gates_calibrate_their_mean():
     assert mean[:3] == pytest.approx([0.1, 0.5, 0.9], abs=1e-6) and mean[3] < 1e-5
     # Sampling silences whole bars as training does: notes drawn from probabilities() leave the same share
     # of bars silent as the critic's input (one gate draw per track and bar, not one per cell).
-    from b2b.models import binarize
+    from b2b.model.generator import binarize
 
     g.eval()
     with torch.no_grad():
@@ -419,7 +415,7 @@ def test_bar_gates_start_open_and_soft_gates_calibrate_their_mean():
 
 
 def test_bar_gate_has_unit_spread_and_learns_slowly():
-    from b2b.models import GATE_LR_MULT, BarGate
+    from b2b.model.generator import GATE_LR_MULT, BarGate
 
     assert GATE_LR_MULT == 0.1
     torch.manual_seed(0)
@@ -445,7 +441,7 @@ def test_bar_gate_has_unit_spread_and_learns_slowly():
 
 
 def test_minibatch_std_by_hand_and_groups():
-    from b2b.models import MinibatchStd
+    from b2b.model.layers import MinibatchStd
 
     x = torch.zeros(4, 2, 1, 1)
     x[:, 0, 0, 0] = torch.tensor([1.0, 10.0, 3.0, 10.0])  # group = samples (0, 2) and (1, 3)

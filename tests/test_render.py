@@ -11,7 +11,7 @@ import pytest
 from matplotlib.image import imread
 
 from b2b.errors import B2BError, ShapeError
-from b2b.render import (
+from b2b.eval.render import (
     fluidsynth_available,
     note_name,
     note_runs,

@@ -19,14 +19,14 @@ import pretty_midi
 import pytest
 import torch
 
-from b2b.checkpoint import Checkpointer, ModuleState
-from b2b.cli import main
-from b2b.codec import encode_roll
+from b2b.checkpoint.checkpointer import Checkpointer, ModuleState
+from b2b.cli.main import main
+from b2b.cli.sample import generate
 from b2b.config import Config
-from b2b.metrics import distance_to_real, music_metrics
-from b2b.models import build_models
-from b2b.sample import generate
-from b2b.shards import ShardWriter
+from b2b.data.codec import encode_roll
+from b2b.data.shards import ShardWriter
+from b2b.eval.metrics import distance_to_real, music_metrics
+from b2b.model.networks import build_models
 from b2b.spec import LPD5_TRACKS, RollSpec, Track
 
 SPEC = RollSpec(
@@ -347,7 +347,7 @@ def test_eval_errors_are_one_clear_line(setup, samples, tmp_path, capsys):
 
 def test_note_statistics_by_hand(tmp_path: Path) -> None:
     """What the output bias and the bar gates start from, on two hand-written samples of 2 bars."""
-    from b2b.data import note_statistics
+    from b2b.data.reading import note_statistics
 
     rolls = np.zeros((2, *SPEC.shape), bool)
     rolls[0, 1, 0:4, 12] = True  # piano: one note in bar 0 of sample 0 only

@@ -19,11 +19,11 @@ import pytest
 import webdataset as wds
 from lpd_fixtures import BAR, msd_id, notes_to_midi, rasterize, song_notes, write_lpd_tree, write_midi_folder
 
-from b2b.cli import main
-from b2b.codec import decode_roll, encode_roll
-from b2b.shards import assign_splits, tar_bytes
+from b2b.cli.main import main
+from b2b.data.codec import decode_roll, encode_roll
+from b2b.data.shards import assign_splits, tar_bytes
+from b2b.data.windows import WindowParams, count_onsets, song_windows, window_starts
 from b2b.spec import CHORALE_TRACKS, LPD17_TRACKS, RollSpec
-from b2b.windows import WindowParams, count_onsets, song_windows, window_starts
 
 N_SONGS = 12  # songs of 5..12 bars; song i has song_notes(i) (seed 0)
 REPO = Path(__file__).resolve().parents[1]

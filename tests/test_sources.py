@@ -23,25 +23,22 @@ from lpd_fixtures import (
     write_lpd_tree,
 )
 
-from b2b.errors import DataError
-from b2b.sources import (
+from b2b.data.readers import _bar_starts, read_chorale, read_lpd_npz, read_midi
+from b2b.data.sources import (
     LAYOUTS,
     Song,
     SongExcluded,
     SourceError,
     SourceTrack,
-    _bar_starts,
     channel_map,
     chorale_files,
     find_song_files,
     lpd_channel,
-    read_chorale,
     read_ids,
-    read_lpd_npz,
-    read_midi,
     resample_steps,
     song_roll,
 )
+from b2b.errors import DataError
 from b2b.spec import LPD5_TRACKS, LPD17_TRACKS, RollSpec
 
 # A grid at LPD's own resolution (24 steps per beat): song_roll then only maps tracks and crops pitch.

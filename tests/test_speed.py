@@ -19,9 +19,9 @@ import torch
 from test_train import accelerate_cmd, overrides, wait_for
 
 from b2b.config import load_config
-from b2b.losses import critic_loss, generator_loss
-from b2b.models import build_models
-from b2b.network import build_optimizer
+from b2b.model.networks import build_models
+from b2b.training.losses import critic_loss, generator_loss
+from b2b.training.network import build_optimizer
 
 SHAPE = (3, 32, 24)
 TOLERANCE = 1e-5  # relative, for float32 math in another layout or kernel order
@@ -92,7 +92,7 @@ def test_every_adam_implementation_makes_the_same_update(impl: str) -> None:
 
 
 def test_gpu_switches_set_the_backends() -> None:
-    from b2b.parts import apply_speed_switches
+    from b2b.training.build import apply_speed_switches
 
     before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark)
     try:
@@ -108,8 +108,8 @@ def test_gpu_switches_set_the_backends() -> None:
 
 
 def test_peak_table_and_mfu_figures(tiny_shards: Path, tmp_path: Path) -> None:
-    from b2b.describe import describe
-    from b2b.hardware import gpu_peak_tflops
+    from b2b.runtime.hardware import gpu_peak_tflops
+    from b2b.training.describe import describe
 
     assert gpu_peak_tflops("NVIDIA H100 80GB HBM3", "bf16", tf32=True) == 989.0
     assert gpu_peak_tflops("NVIDIA A100-SXM4-80GB", "fp32", tf32=True) == 156.0  # TF32 tensor cores
@@ -172,11 +172,11 @@ def test_a_stalled_rank_dumps_every_threads_stack(tiny_shards: Path, tmp_path: P
 
 
 def test_flop_count_matches_hand_computed_figures_through_a_double_backward() -> None:
-    """``b2b.describe.count_flops`` rests on torch's private dispatch-mode base class (the public
+    """``b2b.training.describe.count_flops`` rests on torch's private dispatch-mode base class (the public
     ``FlopCounterMode`` raises inside the penalty's ``autograd.grad``): this fails loudly if an upgrade
     changes what it counts. A linear layer y = xW costs 2·B·in·out FLOPs forward and twice that backward
     (input and weight gradients)."""
-    from b2b.describe import count_flops
+    from b2b.training.describe import count_flops
 
     layer = torch.nn.Linear(16, 8, bias=False)
     x = torch.randn(4, 16, requires_grad=True)

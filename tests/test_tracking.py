@@ -32,7 +32,7 @@ import pytest
 import torch
 from test_train import overrides
 
-from b2b import checkpoint as ckpt
+from b2b.checkpoint import checkpointer as ckpt
 
 STEPS = 4
 N_SNAPSHOT = 3
@@ -255,7 +255,7 @@ def test_tensorboard_snapshots_are_the_png_and_its_audio(tb_run: dict, events) -
     import pretty_midi
     from PIL import Image
 
-    from b2b.render import phrase_audio
+    from b2b.eval.render import phrase_audio
     from b2b.spec import RollSpec
 
     run = tb_run["run"]

@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import free_port
 
-from b2b import checkpoint as ckpt
+from b2b.checkpoint import checkpointer as ckpt
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = str(REPO / "b2b" / "train.py")
@@ -340,7 +340,7 @@ def test_resume_with_a_different_model_is_refused(reference: Path, tiny_shards: 
 
 
 def test_export_matches_the_checkpoint_ema(reference: Path, tmp_path: Path) -> None:
-    from b2b.cli import main
+    from b2b.cli.main import main
 
     out = tmp_path / "g.safetensors"
     assert main(["export", "--checkpoint", str(reference), "--out", str(out)]) == 0
@@ -359,8 +359,8 @@ def test_generator_step_leaves_the_critic_unchanged(tiny_shards: Path, tmp_path:
     from accelerate.state import AcceleratorState
 
     from b2b.config import load_config
-    from b2b.preflight import validate_for_training
-    from b2b.train import Trainer
+    from b2b.training.preflight import validate_for_training
+    from b2b.training.trainer import Trainer
 
     cfg = load_config(None, overrides(tiny_shards, tmp_path, "phases"))
     trainer = Trainer(cfg, validate_for_training(cfg))
@@ -392,8 +392,8 @@ def _finish_a_run(rank: int, port: int, args: list[str], out: str) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from b2b.config import load_config
-    from b2b.preflight import validate_for_training
-    from b2b.train import Trainer
+    from b2b.training.preflight import validate_for_training
+    from b2b.training.trainer import Trainer
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip

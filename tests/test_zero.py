@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO-1/2 (b2b/zero.py) against the DDP path (b2b/network.py), with two real processes over gloo.
+"""DeepSpeed ZeRO-1/2 (zero.py) against the DDP path (b2b/training/network.py), on two gloo processes.
 
 One spawned pair of ranks runs every scenario (DeepSpeed's import and engine set-up dominate the time):
 
@@ -41,12 +41,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from b2b.checkpoint import Checkpointer, PerRank, RNGState
+from b2b.checkpoint.checkpointer import Checkpointer, PerRank, RNGState
 from b2b.config import load_config
 from b2b.errors import ConfigError
-from b2b.losses import critic_loss, generator_loss
-from b2b.models import Critic, Generator
-from b2b.network import Network, Precision, build_optimizer, step_decay
+from b2b.model.critic import Critic
+from b2b.model.generator import Generator
+from b2b.training.losses import critic_loss, generator_loss
+from b2b.training.network import Network, Precision, build_optimizer, step_decay
 
 SHAPE = (2, 8, 12)
 LATENT = 8
@@ -91,7 +92,7 @@ def _nets(stage: int, precision: Precision, load_universal: bool = False):
     cfg = _cfg(stage, precision.name)
     generator, critic = _models()
     if stage > 0:
-        from b2b.zero import build_zero_networks
+        from b2b.training.zero import build_zero_networks
 
         return build_zero_networks(cfg, generator, critic, precision, load_universal)
     nets = []
@@ -301,7 +302,7 @@ def _worker(rank: int, world: int, port: int, out: str, job: str) -> None:
         results = _train_job(rank, out) if job == "train" else _one_rank_resume_job(rank, out)
         torch.save(results, os.path.join(out, f"{job}-{rank}.pt"))
     finally:
-        gc.collect()  # the engines' cycles before the process group (b2b.network.Network.release)
+        gc.collect()  # the engines' cycles before the process group (b2b.training.network.Network.release)
         dist.destroy_process_group()
 
 
@@ -439,7 +440,7 @@ def test_zero3_breaks_the_penalty_measured(runs):
 
 def test_stage3_and_bad_stages_are_refused():
     precision = Precision("fp32", "cpu")
-    from b2b.zero import build_zero_networks
+    from b2b.training.zero import build_zero_networks
 
     generator, critic = _models()
     with pytest.raises(ConfigError, match=r"zero_stage=3 is not supported.*Use deepspeed.zero_stage=2"):
@@ -461,7 +462,7 @@ def _launcher_env(**extra: str) -> dict:
 
 
 def test_accelerate_deepspeed_config_sets_the_stage_and_leaves_deepspeed_to_b2b():
-    from b2b.preflight import take_accelerate_deepspeed_settings
+    from b2b.training.preflight import take_accelerate_deepspeed_settings
 
     cfg, env = _cfg(0), _launcher_env()
     take_accelerate_deepspeed_settings(cfg, env)
@@ -485,7 +486,7 @@ def test_accelerate_deepspeed_config_sets_the_stage_and_leaves_deepspeed_to_b2b(
     ],
 )
 def test_accelerate_deepspeed_config_errors_name_the_conflict(stage, env, message):
-    from b2b.preflight import take_accelerate_deepspeed_settings
+    from b2b.training.preflight import take_accelerate_deepspeed_settings
 
     with pytest.raises(ConfigError, match=message):
         take_accelerate_deepspeed_settings(_cfg(stage), env)

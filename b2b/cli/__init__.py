@@ -1,0 +1,1 @@
+"""The ``b2b`` command and its subcommands."""

@@ -1,0 +1,1 @@
+"""The networks: the generator, the critic, their layers, the shape plan and the EMA."""
