@@ -151,7 +151,7 @@ def test_voice_rows_flag_a_silent_voice_a_sparse_voice_and_a_playing_silent_trac
 
 
 def test_real_reference_from_shards_flags_copies(tiny_shards):
-    from b2b.cli.eval import shards_spec
+    from b2b.data.manifest import shards_spec
     from b2b.data.reading import iter_samples
 
     spec = shards_spec(tiny_shards)

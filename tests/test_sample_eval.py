@@ -21,10 +21,10 @@ import torch
 
 from b2b.checkpoint.checkpointer import Checkpointer, ModuleState
 from b2b.cli.main import main
-from b2b.cli.sample import generate
 from b2b.config import Config
 from b2b.data.codec import encode_roll
 from b2b.data.shards import ShardWriter
+from b2b.eval.generate import generate
 from b2b.eval.metrics import distance_to_real, music_metrics
 from b2b.model.networks import build_models
 from b2b.spec import LPD5_TRACKS, RollSpec, Track

@@ -9,9 +9,11 @@ from pathlib import Path
 
 from torch import nn
 
+from b2b.atomic import temporary_path
 from b2b.checkpoint.folder import _load, read_meta, resolve_checkpoint, verify
 from b2b.config import Config, config_from_dict
 from b2b.errors import CheckpointError
+from b2b.model.networks import build_models
 from b2b.spec import RollSpec
 
 # Config keys added since the first checkpoints, with the value those checkpoints were trained with (the
@@ -48,7 +50,6 @@ def load_generator(path: str | Path, use_ema: bool = True) -> tuple[nn.Module, R
 
     Returns ``(generator, spec, config)``.
     """
-    from b2b.model.networks import build_models
 
     path = Path(path)
     if path.is_file() or path.suffix == ".safetensors":  # an export, whatever its file name
@@ -68,8 +69,6 @@ def load_generator(path: str | Path, use_ema: bool = True) -> tuple[nn.Module, R
 def export_generator(checkpoint: str | Path, out: str | Path, use_ema: bool = True) -> Path:
     """Write the (EMA) generator of ``checkpoint`` with its config and spec as one safetensors file."""
     from safetensors.torch import save_file
-
-    from b2b.atomic import temporary_path
 
     generator, spec, cfg = load_generator(checkpoint, use_ema)
     checkpoint = resolve_checkpoint(checkpoint)
@@ -93,8 +92,6 @@ def export_generator(checkpoint: str | Path, out: str | Path, use_ema: bool = Tr
 def _load_exported(path: Path) -> tuple[nn.Module, RollSpec, Config]:
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
-
-    from b2b.model.networks import build_models
 
     if not path.is_file():
         raise CheckpointError(f"exported generator {str(path)!r} does not exist")

@@ -22,6 +22,7 @@ from b2b.data.shards import DEFAULTS, BuildOptions, build_shards
 from b2b.data.sources import LAYOUTS
 from b2b.data.windows import WindowParams
 from b2b.errors import ConfigError, DataError
+from b2b.eval.render import save_roll_grid
 from b2b.spec import RollSpec
 
 # ---------------------------------------------------------------------------------------------------
@@ -112,7 +113,6 @@ def inspect_shards(
 
     With ``verify``, check every shard's hash and samples and raise DataError listing the problems.
     """
-    from b2b.eval.render import save_roll_grid
 
     shards_dir = Path(shards_dir)
     manifest = read_manifest(shards_dir)

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from b2b.errors import DataError
+from b2b.spec import RollSpec
 
 MANIFEST = "manifest.json"
 LPD_URL = "https://salu133445.github.io/lakh-pianoroll-dataset/"
@@ -82,7 +83,6 @@ def shard_path(shards: str | Path, name: object) -> Path:
 
 def manifest_spec(manifest: dict, shards: str | Path):
     """The manifest's :class:`~b2b.spec.RollSpec` (tracks, grid), checked."""
-    from b2b.spec import RollSpec
 
     try:
         return RollSpec.from_dict(manifest["spec"])
@@ -96,3 +96,15 @@ def manifest_spec(manifest: dict, shards: str | Path):
 def reference_split(manifest: dict) -> str:
     """The split real data is measured on: ``val`` when the shards have one, else ``train``."""
     return "val" if manifest.get("n_val") else "train"
+
+
+def shards_spec(shards: str | Path) -> RollSpec:
+    """The RollSpec recorded in a shards folder's manifest."""
+
+    return manifest_spec(read_manifest(shards), shards)
+
+
+def pick_split(shards: str | Path, split: str) -> str:
+    """``auto``: ``val`` when the shards have validation samples, else ``train``."""
+
+    return reference_split(read_manifest(shards)) if split == "auto" else split

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from b2b.data.manifest import read_manifest, reference_split
+from b2b.data.reading import iter_samples
 from b2b.eval.diversity import (
     CellSets,
     copy_rates,
@@ -86,8 +88,6 @@ class RealReference:
             Training samples (the first, in shard order) held for the copy check; None: all of them;
             0: no check.
         """
-        from b2b.data.manifest import read_manifest, reference_split
-        from b2b.data.reading import iter_samples
 
         if split == "auto":
             split = reference_split(read_manifest(shards))
@@ -152,7 +152,6 @@ class RealReference:
 
 def train_cells(shards: str | Path, limit: int | None = None, chunk: int = 1024) -> CellSets:
     """The first ``limit`` training samples (None: all) as sparse cell sets, read chunk by chunk."""
-    from b2b.data.reading import iter_samples
 
     parts, batch = [], []
     for roll in islice(iter_samples(shards, split="train"), limit):

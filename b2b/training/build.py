@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from b2b.checkpoint.checkpointer import Checkpointer, choose_resume
-from b2b.checkpoint.folder import read_meta, resolve_checkpoint
+from b2b.checkpoint.folder import complete_checkpoints, read_meta, resolve_checkpoint
 from b2b.config import Config
 from b2b.data.reading import note_statistics
 from b2b.model.critic import Critic
@@ -26,6 +26,7 @@ from b2b.runtime import ranks
 from b2b.runtime.watchdog import enable_nccl_flight_recorder
 from b2b.spec import RollSpec
 from b2b.training.network import Network, Precision, anneal_factor, build_optimizer, step_decay
+from b2b.training.zero import build_zero_networks
 
 
 def warn(message: str) -> None:
@@ -87,8 +88,6 @@ def build_networks(
 ) -> tuple[Network, Network]:
     """The generator and critic with their optimizers, under DDP (through accelerate) or ZeRO."""
     if cfg.deepspeed.zero_stage > 0:
-        from b2b.training.zero import build_zero_networks
-
         nets = build_zero_networks(cfg, generator, critic, precision, load_universal)
     else:
         nets = []
@@ -172,7 +171,6 @@ def announce_schedule(cfg: Config, meta: dict, epochs_done: float, step: int, to
 
 def announce_resume(checkpointer: Checkpointer, source: Path, step: int, saved_world: int) -> None:
     """Move a later trajectory's checkpoints aside (rank 0) and say where the run resumes."""
-    from b2b.checkpoint.folder import complete_checkpoints
 
     if ranks.rank() != 0:
         return

@@ -21,6 +21,8 @@ from tqdm import tqdm
 
 from b2b.atomic import write_text
 from b2b.config import Config
+from b2b.eval.reference import summary_line, voice_table
+from b2b.eval.render import phrase_audio, save_midi, save_roll_grid, save_wav
 from b2b.spec import RollSpec
 from b2b.training.trackers import SAMPLE_RATE, flatten, log_media
 
@@ -142,8 +144,6 @@ class Monitor:
             return None
         import pretty_midi
 
-        from b2b.eval.render import phrase_audio, save_midi, save_roll_grid, save_wav
-
         folder = self.run_path / "samples"
         png = save_roll_grid(rolls, spec, folder / f"step-{step}.png", title=f"{self.cfg.name} · step {step}")
         midi_dir = folder / f"step-{step}"
@@ -160,7 +160,6 @@ class Monitor:
         """Log in-training metrics (``b2b.eval.reference.RealReference.compare``) and print their summary."""
         if not self.enabled:
             return
-        from b2b.eval.reference import summary_line, voice_table
 
         copies = result["copies"] or {}
         values = {

@@ -12,7 +12,9 @@ import os
 from collections.abc import MutableMapping
 
 from b2b.config import Config
+from b2b.data.manifest import manifest_shape, read_manifest
 from b2b.errors import ConfigError
+from b2b.model.shape import check_shape
 
 STAGE3_REFUSAL = (
     "deepspeed.zero_stage=3 is not supported: under ZeRO-3 the gradient penalty's double backward reaches "
@@ -113,8 +115,6 @@ def validate_for_training(cfg: Config) -> dict:
     Sets ``data.shape`` from the manifest when it is not given. Raises ConfigError / DataError /
     ShapeError before any process group is started.
     """
-    from b2b.data.manifest import manifest_shape, read_manifest
-    from b2b.model.shape import check_shape
 
     check_zero(cfg)
     check_tracker(cfg)
