@@ -38,24 +38,6 @@ USR2_TRAP = [
 ]
 
 
-class _OfflineSlurmExecutor(SlurmExecutor):
-    """Renders the sbatch script without a Slurm installation (``--dry-run`` anywhere)."""
-
-    @classmethod
-    def affinity(cls) -> int:
-        return 1
-
-
-def sbatch_script(executor: SlurmExecutor) -> str:
-    """The sbatch script ``executor`` would submit.
-
-    submitit has no public call for this: its private ``_make_submission_file_text`` and
-    ``_submitit_command_str`` are used here, and only here; tests/test_slurm.py checks that they exist
-    and render an sbatch script, so an upgrade that changes them fails loudly there.
-    """
-    return executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
-
-
 # Values that reach #SBATCH lines: Slurm names and expressions, never a newline, space or quote.
 SLURM_VALUE = re.compile(r"[A-Za-z0-9_.,:|&!*()\[\]@%+=-]{1,200}")
 
@@ -301,7 +283,11 @@ def submit(args: argparse.Namespace, argv: list[str]) -> int:
         save_timeout_s=max(10, args.signal_delay - 20),  # leave time for the requeue itself
     )
     if args.dry_run:
-        executor = _OfflineSlurmExecutor(folder, max_num_timeout=args.max_timeouts)
+        # submitit's private sbatch rendering (see b2b.compat); imported here because b2b.compat imports
+        # torch, which takes seconds that a real submission does not need
+        from b2b.compat import offline_slurm_executor, sbatch_script
+
+        executor = offline_slurm_executor(folder, max_num_timeout=args.max_timeouts)
         executor.update_parameters(**params)
         print(sbatch_script(executor), end="")
         print(f"# dry run: nothing submitted, Slurm not queried; the run directory would be {folder.parent}",

@@ -201,16 +201,6 @@ def test_bad_config_or_numbers_are_refused_before_slurm(
     assert not (tmp_path / "runs").exists()
 
 
-def test_the_one_private_submitit_call_still_renders_an_sbatch_script(tmp_path: Path) -> None:
-    """submit.sbatch_script uses submitit's private _make_submission_file_text (it has no public way to
-    render the script without submitting): an upgrade that renames or changes it fails here."""
-    executor = submit._OfflineSlurmExecutor(tmp_path / "%j", max_num_timeout=1)
-    executor.update_parameters(job_name="check", nodes=1, ntasks_per_node=1, time=5)
-    script = submit.sbatch_script(executor)
-    assert script.startswith("#!/bin/bash") and "#SBATCH --job-name=check" in script
-    assert "-m submitit.core._submit" in script
-
-
 # ---------------------------------------------------------------------------------------------------
 # Against the real cluster
 

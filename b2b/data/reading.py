@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from webdataset.tariterators import tar_file_iterator
 
+from b2b.compat import tar_file_iterator
 from b2b.data.codec import ENCODING, SUFFIX, inflate_roll, unpack_rolls
 from b2b.data.manifest import manifest_shape, read_manifest, shard_path
 from b2b.errors import DataError

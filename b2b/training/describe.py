@@ -19,9 +19,8 @@ from pathlib import Path
 import torch
 import yaml
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
 
+from b2b.compat import TorchDispatchMode, op_flops
 from b2b.config import Config, load_config
 from b2b.data.manifest import read_manifest
 from b2b.errors import ConfigError
@@ -38,7 +37,7 @@ class FlopCount(TorchDispatchMode):
 
     torch's ``FlopCounterMode`` cannot be used for the critic step: its module tracker raises inside
     ``torch.autograd.grad``, which the gradient penalty calls. This mode uses the same FLOP formulas
-    (``flop_registry``) without module tracking.
+    (``b2b.compat.op_flops``) without module tracking.
     """
 
     def __init__(self) -> None:
@@ -48,9 +47,7 @@ class FlopCount(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        formula = flop_registry.get(func._overloadpacket)
-        if formula is not None:
-            self.total += formula(*args, **kwargs, out_val=out)
+        self.total += op_flops(func, args, kwargs, out)
         return out
 
 

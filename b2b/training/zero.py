@@ -36,7 +36,6 @@ engines (EMA update, rank-0 weight checkpoints, snapshots).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import shutil
@@ -47,6 +46,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from b2b.compat import convert_to_universal, override_loss_scale, universal_checkpoint_client_state
 from b2b.config import Config
 from b2b.errors import CheckpointError, ConfigError
 from b2b.runtime import ranks
@@ -188,7 +188,7 @@ class ZeroNetwork(Network):
     def _hand_scale_to_zero(self) -> None:
         # ZeRO multiplies the loss by this scale in backward and divides the gradients by it in step.
         if self.scale is not None:
-            self.engine.optimizer.override_loss_scale(self.scale.scale)
+            override_loss_scale(self.engine, self.scale.scale)
 
     @contextlib.contextmanager
     def accumulating(self, sync: bool) -> Iterator[None]:
@@ -252,16 +252,8 @@ class ZeroNetwork(Network):
 
     def save_files(self, folder: Path, name: str) -> None:
         """Write this rank's ZeRO partition to ``folder/zero/<name>/`` (a collective)."""
-        from deepspeed.checkpoint.constants import (
-            UNIVERSAL_CHECKPOINT_INFO,
-            UNIVERSAL_CHECKPOINT_VERSION_KEY,
-            UNIVERSAL_CHECKPOINT_VERSION_VALUE,
-        )
-
         # The universal-checkpoint info lets ds_to_universal re-partition this for another world size.
-        client_state = {
-            UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}
-        }
+        client_state = universal_checkpoint_client_state()
         with self._as_deepspeed_sees_it():
             self.engine.save_checkpoint(
                 str(Path(folder) / ZERO_DIR), tag=name, client_state=client_state, save_latest=False
@@ -304,7 +296,7 @@ class ZeroNetwork(Network):
         if ranks.rank() == 0:
             try:
                 shutil.rmtree(universal, ignore_errors=True)
-                _convert_to_universal(source, universal / name)
+                convert_to_universal(source, universal / name)
             except Exception as exc:  # reported on every rank below as one CheckpointError
                 error = f": {type(exc).__name__}: {exc}"
         if ranks.any_true(bool(error)):
@@ -323,21 +315,6 @@ class ZeroNetwork(Network):
             raise CheckpointError(
                 f"cannot resume {source} on {world} ranks: the universal conversion is empty"
             )
-
-
-def _convert_to_universal(source: Path, target: Path) -> None:
-    from deepspeed.checkpoint import ds_to_universal
-
-    args = argparse.Namespace(
-        input_folder=str(source),
-        output_folder=str(target),
-        num_extract_workers=1,  # in this process: no pool of workers inside a training rank
-        num_merge_workers=1,
-        keep_temp_folder=False,
-        strict=True,
-        inject_missing_state=False,
-    )
-    ds_to_universal.main(args)
 
 
 def build_zero_networks(
