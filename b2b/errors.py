@@ -19,3 +19,7 @@ class DataError(B2BError):
 
 class CheckpointError(B2BError):
     """A checkpoint is missing, incomplete or incompatible with the config."""
+
+
+class NonFiniteLoss(B2BError):
+    """A loss became NaN or inf: the run stops, keeping its last good checkpoint."""

@@ -376,7 +376,8 @@ class Runner:
         manifest = validate_for_training(cfg)
         with contextlib.redirect_stdout(io.StringIO()):  # the start-up message
             self.trainer = Trainer(cfg, manifest)
-            self.trainer.start()
+            self.trainer.open()
+            self.trainer.begin()
         # The trainer turns Ctrl-C and SIGTERM into a stop at its next step, with a checkpoint. A benchmark
         # should stop whichever variant runs: Ctrl-C at once, SIGTERM (a time limit) after the block under
         # way, still writing its tables.

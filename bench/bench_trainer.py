@@ -128,7 +128,8 @@ def build_trainer(shards: str, run_dir: Path, precision: str):
     with contextlib.redirect_stderr(io.StringIO()):
         trainer = Trainer(cfg, manifest)
     with contextlib.redirect_stdout(io.StringIO()):
-        trainer.start()
+        trainer.open()
+        trainer.begin()
     return trainer
 
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 from test_train import accelerate_cmd, assert_identical, checkpoint_state, env, overrides
 
-from b2b.checkpoint import checkpointer as ckpt
+from b2b.checkpoint.folder import latest_checkpoint
 from b2b.model.critic import Critic
 from b2b.training.losses import gradient_penalty
 
@@ -132,7 +132,7 @@ def test_zero2_trains_on_one_gpu(tiny_shards: Path, tmp_path: Path) -> None:
     assert [x["step"] for x in lines] == [1, 2, 3]
     assert all(x["skipped_d"] == 0 and x["skipped_g"] == 0 for x in lines)
     final = run / "checkpoints" / "step-3"
-    assert ckpt.latest_checkpoint(run) == final
+    assert latest_checkpoint(run) == final
     for name in ("generator", "critic"):
         assert torch.load(final / f"{name}.pt", weights_only=True)["zero_stage"] == 2
         assert any((final / "zero" / name).iterdir())  # this rank's partition, written by DeepSpeed

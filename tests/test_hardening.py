@@ -20,7 +20,8 @@ import pytest
 import torch
 from test_train import assert_identical, checkpoint_state, env, overrides, start, wait_for
 
-from b2b.checkpoint import checkpointer as ckpt
+from b2b.atomic import file_sha256
+from b2b.checkpoint.folder import complete_checkpoints, is_complete, verify
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -49,7 +50,7 @@ def status(run: Path) -> dict:
 def rewrite_digest(folder: Path, name: str) -> None:
     """What an attacker (or a careless tool) would do too: make COMPLETE agree with a replaced file."""
     listing = json.loads((folder / "COMPLETE").read_text())
-    listing["sha256"][name] = ckpt.file_sha256(folder / name)
+    listing["sha256"][name] = file_sha256(folder / name)
     (folder / "COMPLETE").write_text(json.dumps(listing))
 
 
@@ -262,7 +263,7 @@ def test_leftovers_of_killed_saves_are_removed_and_best_is_one_link(
 ) -> None:
     run = tiny_run(tiny_shards, tmp_path, "left", steps=2, log__metrics_every=1, log__metrics_n=8)
     root = run / "checkpoints"
-    assert (root / "best").is_symlink() and ckpt.is_complete(root / "best")
+    assert (root / "best").is_symlink() and is_complete(root / "best")
     assert len(list(root.glob(".best-*"))) == 1  # the one copy the link points at
     (root / ".step-9.partial").mkdir()
     (root / ".step-9.partial" / "generator.pt").write_bytes(b"")
@@ -315,8 +316,8 @@ def test_a_full_disk_names_the_folder_and_keeps_the_previous_checkpoint(
             f"no space left on the device of {run / 'checkpoints'}: a checkpoint needs about" in result.stderr
         )
         assert "the previous checkpoint" in result.stderr and "Traceback" not in result.stderr
-        kept = ckpt.complete_checkpoints(run)
-        assert kept and all(ckpt.verify(folder) is None for _, folder in kept)
+        kept = complete_checkpoints(run)
+        assert kept and all(verify(folder) is None for _, folder in kept)
         assert not [p for p in run.rglob("*") if p.is_file() and p.stat().st_size == 0 and p.name != ".lock"]
         assert not list((run / "checkpoints").glob(".step-*"))  # the partial folder is gone
         assert status(run)["state"] == "failed" and "no space left" in status(run)["error"]

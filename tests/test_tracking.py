@@ -32,7 +32,7 @@ import pytest
 import torch
 from test_train import overrides
 
-from b2b.checkpoint import checkpointer as ckpt
+from b2b.checkpoint.inference import load_generator
 
 STEPS = 4
 N_SNAPSHOT = 3
@@ -306,7 +306,7 @@ def snapshot_rolls(run: Path, step: int, spec) -> np.ndarray:
 def test_snapshot_is_the_ema_generator_on_the_fixed_latents(tb_run: dict) -> None:
     run = tb_run["run"]
     assert sorted(p.name for p in (run / "samples").glob("*.png")) == ["step-2.png", "step-4.png"]
-    generator, spec, cfg = ckpt.load_generator(run / "checkpoints" / "step-4")  # EMA weights
+    generator, spec, cfg = load_generator(run / "checkpoints" / "step-4")  # EMA weights
     latents = torch.randn(
         cfg.log.n_snapshot, cfg.model.latent_dim, generator=torch.Generator().manual_seed(cfg.train.seed)
     )
@@ -316,7 +316,7 @@ def test_snapshot_is_the_ema_generator_on_the_fixed_latents(tb_run: dict) -> Non
     written = snapshot_rolls(run, 4, spec)
     assert np.array_equal(written, expected)
     # Not the raw generator's samples, and not a stale snapshot: step 2's differ.
-    raw, _, _ = ckpt.load_generator(run / "checkpoints" / "step-4", use_ema=False)
+    raw, _, _ = load_generator(run / "checkpoints" / "step-4", use_ema=False)
     with torch.no_grad():
         assert not np.array_equal((raw(latents) >= cfg.train.threshold).numpy(), written)
     assert not np.array_equal(snapshot_rolls(run, 2, spec), written)

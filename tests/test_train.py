@@ -18,7 +18,8 @@ import pytest
 import torch
 from conftest import free_port
 
-from b2b.checkpoint import checkpointer as ckpt
+from b2b.checkpoint.folder import complete_checkpoints, latest_checkpoint
+from b2b.checkpoint.inference import load_generator
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = str(REPO / "b2b" / "train.py")
@@ -184,7 +185,7 @@ def test_two_ranks_train_one_model(reference: Path) -> None:
     # One data position for all ranks (each rank reads its own block of every epoch).
     assert torch.load(final / "loader.pt", weights_only=True)["epoch"] == meta["epoch"]
     # keep=2: only the last two periodic checkpoints remain.
-    assert [s for s, _ in ckpt.complete_checkpoints(reference)] == [30, 40]
+    assert [s for s, _ in complete_checkpoints(reference)] == [30, 40]
     lines = [json.loads(x) for x in (reference / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == list(range(1, 41))
     assert all(x["skipped_d"] == 0 and x["skipped_g"] == 0 for x in lines)
@@ -197,11 +198,11 @@ def test_kill_and_resume_is_bitwise_identical(reference: Path, tiny_shards: Path
     args = overrides(tiny_shards, tmp_path, "resumed", train__steps=40, checkpoint__every=10)
     proc = start(accelerate_cmd(args), tmp_path)
     try:
-        wait_for(lambda: ckpt.latest_checkpoint(tmp_path / "resumed") is not None, 180, "a checkpoint", proc)
+        wait_for(lambda: latest_checkpoint(tmp_path / "resumed") is not None, 180, "a checkpoint", proc)
     finally:
         kill_tree(proc)
         proc.wait()
-    killed_at = ckpt.complete_checkpoints(tmp_path / "resumed")[-1][0]
+    killed_at = complete_checkpoints(tmp_path / "resumed")[-1][0]
     assert killed_at < 40, "the run finished before it could be killed"
     result = run(torchrun_cmd(args), tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -243,7 +244,7 @@ def test_ctrl_c_saves_on_all_ranks_then_exits(tiny_shards: Path, tmp_path: Path)
     proc.communicate(timeout=60)
     state = json.loads(status.read_text())
     assert state["state"] == "interrupted" and state["signal"] in ("SIGINT", "SIGTERM")
-    folder = ckpt.latest_checkpoint(tmp_path / "sig")
+    folder = latest_checkpoint(tmp_path / "sig")
     assert folder is not None and json.loads((folder / "meta.json").read_text())["step"] == state["step"]
     assert state["step"] % 1000 != 0  # saved because of the signal, not by the schedule
     assert (folder / "rank-00000.pt").is_file() and (folder / "rank-00001.pt").is_file()
@@ -291,7 +292,7 @@ def test_nonfinite_loss_stops_with_last_good_checkpoint_intact(tiny_shards: Path
     assert second.returncode == 1
     assert "non-finite loss" in second.stderr and "step-2" in second.stderr
     assert json.loads((tmp_path / "nan" / "status.json").read_text())["state"] == "failed"
-    assert [s for s, _ in ckpt.complete_checkpoints(tmp_path / "nan")] == [2]
+    assert [s for s, _ in complete_checkpoints(tmp_path / "nan")] == [2]
     assert_identical(before, checkpoint_state(tmp_path / "nan" / "checkpoints" / "step-2"))
 
 
@@ -344,13 +345,13 @@ def test_export_matches_the_checkpoint_ema(reference: Path, tmp_path: Path) -> N
 
     out = tmp_path / "g.safetensors"
     assert main(["export", "--checkpoint", str(reference), "--out", str(out)]) == 0
-    exported, spec_a, _ = ckpt.load_generator(out)
-    original, spec_b, _ = ckpt.load_generator(reference)
+    exported, spec_a, _ = load_generator(out)
+    original, spec_b, _ = load_generator(reference)
     z = torch.randn(3, exported.latent_dim, generator=torch.Generator().manual_seed(0))
     assert spec_a == spec_b
     assert torch.equal(exported(z), original(z))
     # The EMA differs from the raw generator (it averages), so the export really chose the EMA.
-    raw, _, _ = ckpt.load_generator(reference, use_ema=False)
+    raw, _, _ = load_generator(reference, use_ema=False)
     assert not torch.equal(raw(z), original(z))
 
 
@@ -365,6 +366,7 @@ def test_generator_step_leaves_the_critic_unchanged(tiny_shards: Path, tmp_path:
     cfg = load_config(None, overrides(tiny_shards, tmp_path, "phases"))
     trainer = Trainer(cfg, validate_for_training(cfg))
     try:
+        trainer.open()
         trainer.batches = iter(trainer.loader)
         critic_phase, generator_phase = trainer.phases
         trainer.run_phase(critic_phase)
@@ -399,6 +401,7 @@ def _finish_a_run(rank: int, port: int, args: list[str], out: str) -> None:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
     cfg = load_config(None, args)
     trainer = Trainer(cfg, validate_for_training(cfg))
+    trainer.open()
     wrapped = type(trainer.g.wrapped).__name__, type(trainer.d.wrapped).__name__
     trainer.run()
     trainer.close()

@@ -5,7 +5,9 @@ all generate through here; and reading back what ``b2b sample`` wrote.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -62,19 +64,52 @@ def generate(
     latents = torch.randn(n, generator.latent_dim, generator=torch.Generator().manual_seed(seed))
     generator = generator.eval().to(device)
     gates = torch.Generator(device).manual_seed(seed + 1)  # binary_stoch's bar gates: see probabilities()
-    parts = [generator.probabilities(z.to(device), gates).float().cpu() for z in latents.split(batch_size)]
-    return torch.cat(parts).numpy()
+    return probabilities(generator, latents, gates, batch_size).cpu().numpy()
+
+
+@torch.no_grad()
+def probabilities(
+    generator: torch.nn.Module,
+    latents: torch.Tensor,
+    draws: torch.Generator,
+    batch_size: int | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> torch.Tensor:
+    """Note probabilities (float32, on the generator's device) of ``latents``, ``batch_size`` at a time
+    (all at once: None), under ``autocast``; ``draws`` seeds what the generator samples (bar gates)."""
+    device = next(generator.parameters()).device
+    chunks = latents.split(batch_size) if batch_size else [latents]
+    with autocast():
+        return torch.cat([generator.probabilities(z.to(device), draws).float() for z in chunks])
+
+
+def notes(probs: torch.Tensor, output: str, threshold: float, draws: torch.Generator) -> np.ndarray:
+    """Bool rolls from probabilities, as ``output`` makes notes in training (:func:`binarize`); Bernoulli
+    draws (``binary_stoch``) come from ``draws``, on the device of ``probs``."""
+    return binarize(probs, output, threshold, draws).bool().cpu().numpy()
+
+
+def generate_notes(
+    generator: torch.nn.Module,
+    latents: torch.Tensor,
+    threshold: float,
+    draws: torch.Generator,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> np.ndarray:
+    """Bool rolls of ``latents`` in one pass, gates and notes drawn from one stream (the trainer's
+    snapshots and in-training metrics)."""
+    return notes(
+        probabilities(generator, latents, draws, autocast=autocast), generator.output, threshold, draws
+    )
 
 
 def to_notes(
     probs: np.ndarray, output: str, threshold: float, seed: int, bernoulli: bool = False
 ) -> np.ndarray:
-    """Bool rolls from probabilities, as ``output`` makes notes in training (:func:`binarize`),
-    or Bernoulli draws with ``bernoulli``; draws are seeded by ``seed``."""
-
+    """Bool rolls from probabilities, as ``output`` makes notes in training, or Bernoulli draws with
+    ``bernoulli``; draws are seeded by ``seed`` (``b2b sample`` and ``b2b eval``)."""
     mode = "binary_stoch" if bernoulli else output
-    draws = torch.Generator().manual_seed(seed)
-    return binarize(torch.from_numpy(probs), mode, threshold, draws).bool().numpy()
+    return notes(torch.from_numpy(probs), mode, threshold, torch.Generator().manual_seed(seed))
 
 
 def load_samples(folder: str | Path) -> tuple[np.ndarray, RollSpec, dict]:

@@ -18,10 +18,17 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.signal: int = 0
+        self._previous: dict[int, object] = {}
 
     def install(self) -> None:
         for sig in STOP_SIGNALS:
-            signal.signal(sig, self._handle)
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        """Put back the handlers :meth:`install` replaced (a run that ends gives the signals back)."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]  # what signal.signal returned
+        self._previous.clear()
 
     def _handle(self, signum: int, frame: object) -> None:
         self.signal = signum

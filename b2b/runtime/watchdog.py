@@ -41,7 +41,11 @@ class StallWatchdog:
         self.dumps: list[Path] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="b2b-stall-watchdog", daemon=True)
-        if timeout_s > 0:
+
+    def start(self) -> None:
+        """Start watching (a thread; none with ``timeout_s`` 0)."""
+        self.last = time.monotonic()
+        if self.timeout_s > 0:
             self._thread.start()
 
     def beat(self) -> None:
@@ -72,4 +76,7 @@ class StallWatchdog:
         return path
 
     def stop(self) -> None:
+        """Stop watching and wait for the thread to end."""
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()

@@ -25,7 +25,7 @@ from b2b.model.networks import build_models
 from b2b.runtime import ranks
 from b2b.runtime.watchdog import enable_nccl_flight_recorder
 from b2b.spec import RollSpec
-from b2b.training.network import Network, Precision, anneal_factor, build_optimizer, step_decay
+from b2b.training.network import Network, Precision, build_optimizer
 from b2b.training.zero import build_zero_networks
 
 
@@ -130,43 +130,6 @@ def choose_checkpoint(cfg: Config, device: torch.device) -> Path | None:
     if cfg.checkpoint.resume == "auto":
         return cfg.run_path / "checkpoints" / f"step-{int(step.item())}"
     return choice if choice is not None else resolve_checkpoint(cfg.checkpoint.resume)
-
-
-def learning_rates(cfg: Config, epochs_done: float, step: int, total_steps: int) -> tuple[float, float]:
-    """The generator's and the critic's learning rates at this data position and step."""
-    o = cfg.optim
-    factor = anneal_factor(step, total_steps, o.anneal)
-    return (
-        factor * step_decay(o.g_lr, epochs_done, o.lr_decay, o.lr_decay_every),
-        factor * step_decay(o.d_lr, epochs_done, o.lr_decay, o.lr_decay_every),
-    )
-
-
-def announce_schedule(cfg: Config, meta: dict, epochs_done: float, step: int, total_steps: int) -> None:
-    """Say which learning-rate settings differ from the checkpoint's: the schedule follows the config."""
-    if ranks.rank() != 0:
-        return
-    saved = meta["config"]["optim"]
-    keys = ("g_lr", "d_lr", "lr_decay", "lr_decay_every", "anneal")
-    changed = [
-        f"optim.{k} {saved.get(k, 0.0)} -> {getattr(cfg.optim, k)}"
-        for k in keys
-        if saved.get(k, 0.0) != getattr(cfg.optim, k)  # checkpoints older than optim.anneal had none
-    ]
-    saved_batch = meta["world_size"] * meta["config"]["data"]["batch_size"]
-    if saved_batch != ranks.world_size() * cfg.data.batch_size:
-        changed.append("global batch size (epochs now take another number of steps)")
-    for key in ("steps", "epochs"):  # what sets the run's length, which the anneal spans
-        saved_value, value = meta["config"]["train"].get(key), getattr(cfg.train, key)
-        if cfg.optim.anneal > 0 and saved_value != value:
-            changed.append(f"train.{key} {saved_value} -> {value} (the anneal spans the run's steps)")
-    if changed:
-        g_lr, d_lr = learning_rates(cfg, epochs_done, step, total_steps)
-        print(
-            f"learning-rate schedule changed since the checkpoint: {'; '.join(changed)}; at step {step} "
-            f"(epoch {epochs_done:.2f}) the rates are now G {g_lr:.3g}, D {d_lr:.3g}",
-            flush=True,
-        )
 
 
 def announce_resume(checkpointer: Checkpointer, source: Path, step: int, saved_world: int) -> None:

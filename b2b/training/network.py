@@ -55,26 +55,6 @@ class Precision:
         return torch.amp.GradScaler(self.device_type, enabled=self.name == "fp16")
 
 
-def step_decay(base_lr: float, epochs: float, decay: float, every: int) -> float:
-    """The learning rate after ``epochs`` epochs of data: ``base_lr * decay ** floor(epochs / every)``.
-
-    A pure function of the data position, so a resumed run follows the current config (and any change of
-    world size or batch size) without schedule state of its own.
-    """
-    return base_lr * decay ** math.floor(epochs / every + 1e-9)
-
-
-def anneal_factor(step: int, total_steps: int, share: float) -> float:
-    """The learning rate's factor at ``step`` (0-based) of ``total_steps``: 1, then a linear fall to 0
-    over the last ``share`` of the steps (``share`` 0: always 1).
-
-    Like :func:`step_decay`, a pure function of where the run stands: resuming needs no state.
-    """
-    if share <= 0:
-        return 1.0
-    return min(1.0, (total_steps - step) / (share * total_steps))
-
-
 def build_optimizer(
     module: nn.Module, lr: float, betas: tuple[float, float], impl: str = "auto"
 ) -> torch.optim.Adam:
