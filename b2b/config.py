@@ -198,6 +198,7 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [_coerce(f"{key}[{i}]", v, args[0], {}) for i, v in enumerate(value)]
+    out: object
     try:
         if tp is bool:
             if isinstance(value, str):

@@ -84,7 +84,9 @@ class RNGState:
     """Every random stream a step draws from, on this rank: torch (CPU and CUDA), numpy, Python."""
 
     def state_dict(self) -> dict:
-        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        legacy = np.random.get_state()
+        assert isinstance(legacy, tuple)  # numpy's global RNG is an MT19937: its state is this tuple
+        kind, keys, pos, has_gauss, cached = legacy
         state = {
             "torch": torch.get_rng_state(),
             "numpy": {
@@ -240,7 +242,9 @@ class Checkpointer:
             return f"cannot write checkpoint {partial}: {exc}"
         previous = latest_checkpoint(self.run_path)
         need = sum(p.stat().st_size for p in previous.rglob("*") if p.is_file()) if previous else None
-        size = f"about {need / 1e6:.1f} MB (the size of {previous.name})" if need else "more room"
+        size = (
+            f"about {need / 1e6:.1f} MB (the size of {previous.name})" if need and previous else "more room"
+        )
         kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
         return (
             f"no space left on the device of {self.root}: a checkpoint needs {size}; {kept}. "

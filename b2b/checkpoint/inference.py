@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from torch import nn
-
 from b2b.atomic import temporary_path
 from b2b.checkpoint.folder import _load, read_meta, resolve_checkpoint, verify
 from b2b.config import Config, config_from_dict
 from b2b.errors import CheckpointError
+from b2b.model.generator import Generator
 from b2b.model.networks import build_models
 from b2b.spec import RollSpec
 
@@ -45,7 +44,7 @@ def _generator_weights(checkpoint: Path, use_ema: bool) -> dict:
     raise CheckpointError(f"{checkpoint} holds no generator weights (no ema.pt or models.pt)")
 
 
-def load_generator(path: str | Path, use_ema: bool = True) -> tuple[nn.Module, RollSpec, Config]:
+def load_generator(path: str | Path, use_ema: bool = True) -> tuple[Generator, RollSpec, Config]:
     """A generator ready for sampling (eval mode, CPU) from a checkpoint, a run folder or a safetensors file.
 
     Returns ``(generator, spec, config)``.
@@ -89,7 +88,7 @@ def export_generator(checkpoint: str | Path, out: str | Path, use_ema: bool = Tr
     return out
 
 
-def _load_exported(path: Path) -> tuple[nn.Module, RollSpec, Config]:
+def _load_exported(path: Path) -> tuple[Generator, RollSpec, Config]:
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 

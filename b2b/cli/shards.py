@@ -33,12 +33,14 @@ def read_samples(
     shards_dir: str | Path, record: dict, shape: tuple[int, ...], limit: int | None = None
 ) -> np.ndarray:
     """Decode the samples of one shard (at most ``limit``) to a bool array ``(N, *shape)``."""
-    rolls = []
+    rolls: list[np.ndarray] = []
     with tarfile.open(shard_path(shards_dir, record["name"])) as tar:
         for member in tar:
             if limit is not None and len(rolls) >= limit:
                 break
-            rolls.append(decode_roll(tar.extractfile(member).read(), shape))
+            data = tar.extractfile(member)
+            assert data is not None, f"{member.name} is not a file"  # b2b's shards hold only samples
+            rolls.append(decode_roll(data.read(), shape))
     return np.stack(rolls) if rolls else np.zeros((0, *shape), bool)
 
 
@@ -59,7 +61,9 @@ def verify_shards(shards_dir: str | Path, manifest: dict) -> list[str]:
             with tarfile.open(path) as tar:
                 members = [m for m in tar if m.isfile()]
                 for member in members:
-                    decode_roll(tar.extractfile(member).read(), shape)
+                    data = tar.extractfile(member)
+                    assert data is not None  # a file: extractfile gives None only for other members
+                    decode_roll(data.read(), shape)
         except (tarfile.TarError, ValueError) as exc:
             where = f"sample {member.name.rsplit('.', 1)[0]!r}: " if member is not None else ""
             problems.append(f"{record['name']}: {where}{exc}")

@@ -10,11 +10,13 @@ whole batch in one call.
 from __future__ import annotations
 
 import math
+import types
 import zlib
 from collections.abc import Sequence
 
 import numpy as np
 
+_inflate: types.ModuleType  # zlib-ng's zlib or the stdlib's: the same calls and error class
 try:  # zlib-ng inflates the same deflate streams about 3× faster than the stdlib's zlib
     from zlib_ng import zlib_ng as _inflate
 except ImportError:  # pragma: no cover - optional speed-up

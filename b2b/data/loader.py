@@ -39,11 +39,14 @@ import os
 import signal
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+if TYPE_CHECKING:
+    from multiprocessing.sharedctypes import SynchronizedArray
 
 from b2b.data.codec import packed_size, unpack_rolls
 from b2b.data.epoch_plan import (
@@ -123,6 +126,7 @@ class _BatchStream(IterableDataset):
                 if self.slots is None:
                     yield self._pack(members, np.empty(shape, dtype=np.uint8))
                 else:
+                    assert self.free is not None  # given with the slots
                     self.free[worker].acquire()
                     slot = count % _SLOTS
                     self._pack(members, self.slots[worker, slot].numpy())
@@ -266,7 +270,7 @@ class TrainLoader:
         self._done = 0  # batches received in the current epoch under the current layout
         self._left = self.batches_per_epoch  # batches the current layout serves in this epoch
         self._generation = 0  # bumped by __iter__ and load_state_dict: a stale iterator stops
-        self._worker_pids = None  # of the current iterator's workers (shared with them)
+        self._worker_pids: SynchronizedArray[int] | None = None  # the current iterator's workers' (shared)
         # Registered after multiprocessing's own exit hook, so it runs first: its join of daemonic
         # children would otherwise wait forever for workers that ignore SIGTERM.
         atexit.register(self.close)
@@ -369,7 +373,7 @@ class TrainLoader:
         """
         pids, self._worker_pids = self._worker_pids, None
         self._generation += 1
-        for pid in list(pids or []):
+        for pid in pids[:] if pids is not None else []:
             if pid > 0:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)

@@ -242,7 +242,8 @@ def _read_part(name: str, part: ET.Element) -> _Part:
     a note tied from the previous note of the same pitch extends it instead of starting a new one."""
     divisions, offset = 1, Fraction(0)
     notes: list[list] = []
-    measures, signatures, open_ties = [], set(), {}
+    measures, signatures = [], set()
+    open_ties: dict[int, int] = {}  # pitch -> index in notes of the note tied to the next one
     for measure in part.findall("measure"):
         pos = last_onset = length = Fraction(0)
         for el in measure:
@@ -261,7 +262,9 @@ def _read_part(name: str, part: ET.Element) -> _Part:
                 pitch = el.find("pitch")
                 if pitch is None or el.find("cue") is not None:
                     continue  # rests, unpitched and cue notes take time but sound nothing here
-                midi = 12 * (int(pitch.findtext("octave")) + 1) + _STEPS[pitch.findtext("step")]
+                # A missing <octave> or <step> raises (TypeError, KeyError): read_musicxml names the file.
+                octave, letter = pitch.findtext("octave"), pitch.findtext("step")
+                midi = 12 * (int(octave) + 1) + _STEPS[letter]  # type: ignore[arg-type, index]
                 midi += round(float(pitch.findtext("alter") or 0))
                 start = offset + last_onset
                 ties = {t.get("type") for t in el.findall("tie")}

@@ -108,8 +108,8 @@ class _Picker:
         self.wanted = wanted.tolist()
         self.found = 0
         self.seen = 0
-        self.last = None  # name of the member being read, for error messages
-        self.stray = None  # a member that is not a sample
+        self.last: str | None = None  # name of the member being read, for error messages
+        self.stray: str | None = None  # a member that is not a sample
 
     def __call__(self, name: str) -> bool:
         index, self.last = self.seen, name
@@ -219,14 +219,16 @@ def note_statistics(
     Both are the same on every rank (shard order, no shuffling), so networks initialised from them start
     identical everywhere.
     """
-    density, played, count = None, None, 0
+    density: np.ndarray | None = None
+    played: np.ndarray | None = None
+    count = 0
     for roll in iter_samples(shards, split=split, limit=limit):
         per_cell = roll.mean(axis=1, dtype=np.float64)
         bars = roll.reshape(roll.shape[0], n_bars, -1).any(axis=2).sum(axis=1, dtype=np.float64)
         density = per_cell if density is None else density + per_cell
         played = bars if played is None else played + bars
         count += 1
-    if density is None:
+    if density is None or played is None:  # no sample was read (they are None together)
         raise DataError(f"the {split} split of {shards} holds no samples")
     return density / count, played / (count * n_bars)
 
@@ -236,7 +238,7 @@ def transpose_shifts(
 ) -> np.ndarray:
     """A shift in semitones per sample, uniform over ``-limit..limit`` cut to the sample's free room, so
     no note leaves the pitch range (an empty sample is not shifted)."""
-    sounding = rolls[:, pitched].any(axis=(1, 2))  # (n, pitch)
+    sounding = np.asarray(rolls[:, pitched].any(axis=(1, 2)))  # (n, pitch)
     n_pitches = rolls.shape[-1]
     shifts = np.zeros(len(rolls), dtype=np.int64)
     for i, row in enumerate(sounding):

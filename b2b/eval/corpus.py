@@ -76,7 +76,8 @@ def corpus_statistics(
     total = load_split(shards, split).n_samples
     total = total if limit is None else min(total, limit)
     accumulator = MetricsAccumulator(spec, diversity_n=kept)
-    ssm_sum, first = None, None
+    ssm_sum: np.ndarray | None = None
+    first: np.ndarray | None = None
     with tqdm(total=total, desc=f"real {split} samples", unit="sample") as progress:
         for batch in _batches(iter_samples(shards, split=split, limit=limit), CHUNK):
             accumulator.update(batch)
@@ -84,7 +85,7 @@ def corpus_statistics(
             ssm_sum = ssm.sum(axis=0) if ssm_sum is None else ssm_sum + ssm.sum(axis=0)
             first = ssm[0] if first is None else first
             progress.update(len(batch))
-    if first is None:
+    if first is None or ssm_sum is None:  # no sample was read (they are None together)
         raise DataError(f"the {split} split of {shards} holds no samples")
     return accumulator, ssm_sum / accumulator.n_samples, first
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from b2b.errors import B2BError
-from b2b.model.generator import binarize
+from b2b.model.generator import Generator, binarize
 from b2b.spec import RollSpec
 
 INFO_FILE = "samples.json"
@@ -37,7 +37,7 @@ def resolve_device(name: str) -> torch.device:
 
 @torch.no_grad()
 def generate(
-    generator: torch.nn.Module, n: int, seed: int, device: str | torch.device = "cpu", batch_size: int = 64
+    generator: Generator, n: int, seed: int, device: str | torch.device = "cpu", batch_size: int = 64
 ) -> np.ndarray:
     """Generate ``n`` samples from latents drawn with ``seed``.
 
@@ -69,7 +69,7 @@ def generate(
 
 @torch.no_grad()
 def probabilities(
-    generator: torch.nn.Module,
+    generator: Generator,
     latents: torch.Tensor,
     draws: torch.Generator,
     batch_size: int | None = None,
@@ -90,7 +90,7 @@ def notes(probs: torch.Tensor, output: str, threshold: float, draws: torch.Gener
 
 
 def generate_notes(
-    generator: torch.nn.Module,
+    generator: Generator,
     latents: torch.Tensor,
     threshold: float,
     draws: torch.Generator,

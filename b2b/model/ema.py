@@ -24,8 +24,8 @@ def update_ema(ema: nn.Module, model: nn.Module, beta: float) -> None:
     """Move the EMA generator's weights toward ``model``'s: ``ema = beta * ema + (1 - beta) * model``."""
     for e, p in zip(ema.parameters(), model.parameters(), strict=True):
         e.lerp_(p, 1.0 - beta)
-    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
-        e.copy_(b)
+    for ema_buffer, buffer in zip(ema.buffers(), model.buffers(), strict=True):
+        ema_buffer.copy_(buffer)
 
 
 @torch.no_grad()

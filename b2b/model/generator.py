@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -161,14 +162,23 @@ class Generator(nn.Module):
             nn.PReLU(c_out),
         )
 
+    def output_layer(self) -> nn.Sequential:
+        """The last layer, ``Sequential(ConvTranspose2d, Sigmoid)``: its convolution makes the logits."""
+        return cast(nn.Sequential, self.net[-1])
+
+    def _output_bias(self) -> nn.Parameter:
+        """The last convolution's bias: one per track."""
+        return cast(nn.Parameter, self.output_layer()[0].bias)
+
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid outputs ``(N, tracks, time, pitch)`` for latents ``(N, latent_dim)``."""
         hidden = self.net[:-1](z.view(z.shape[0], self.latent_dim, 1, 1))
-        out = self.net[-1][0](hidden)
+        out = self.output_layer()[0](hidden)
         return out if self.pitch_bias is None else out + self.pitch_bias
 
     def gate_probabilities(self, z: torch.Tensor) -> torch.Tensor:
         """The probability that each track plays in each segment, ``(N, tracks, segments, 1, 1)``."""
+        assert self.gate is not None, "a generator without a bar gate has no gate probabilities"
         return torch.sigmoid(self.gate(z)).view(z.shape[0], -1, self.gate_segments, 1, 1)
 
     def _gated(self, notes: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
@@ -184,7 +194,7 @@ class Generator(nn.Module):
         ``draws`` on the device of ``z``, or the global RNG), so that notes drawn from these probabilities
         silence whole bars as training's did; ``sigmoid`` scales the notes by the gate's probability.
         """
-        probs = self.net[-1][1](self.logits(z))
+        probs = self.output_layer()[1](self.logits(z))
         if self.gate is None:
             return probs
         gate = self.gate_probabilities(z)
@@ -195,7 +205,7 @@ class Generator(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """What the critic sees: probabilities (``sigmoid``) or straight-through binary notes (and gates)."""
         binary = self.output != "sigmoid"
-        probs = self.net[-1][1](self.logits(z))
+        probs = self.output_layer()[1](self.logits(z))
         if binary:
             probs = straight_through(probs, self.output, self.threshold)
         if self.gate is None:
@@ -208,7 +218,7 @@ class Generator(nn.Module):
     @torch.no_grad()
     def init_output_bias(
         self,
-        density: np.ndarray,
+        density: np.ndarray | torch.Tensor,
         n_latents: int = 256,
         floor: float = 1e-6,
         activity: np.ndarray | None = None,
@@ -235,7 +245,7 @@ class Generator(nn.Module):
             raise ValueError(
                 f"density has shape {tuple(density.shape)}, the generator's output {(tracks, pitches)}"
             )
-        conv = self.net[-1][0]
+        conv_bias = self._output_bias()
         z = torch.randn(n_latents, self.latent_dim, generator=torch.Generator().manual_seed(0))
         if self.gate is not None:
             # The notes only sound where the gate is open: start them at the density within active segments.
@@ -256,7 +266,7 @@ class Generator(nn.Module):
             bias = torch.logit(clipped)
         else:
             probe = copy.deepcopy(self).train()  # batch statistics, as in training; self's buffers stay
-            probe.net[-1][0].bias.zero_()
+            probe._output_bias().zero_()
             if probe.pitch_bias is not None:
                 probe.pitch_bias.zero_()
             logits = probe.logits(z).double().transpose(0, 1)  # (tracks, n, time, pitch)
@@ -266,9 +276,9 @@ class Generator(nn.Module):
                 rows = logits.permute(0, 3, 1, 2).reshape(tracks, pitches, -1)
             bias = self._calibrated_bias(rows, clipped, silent)
         if self.pitch_bias is None:
-            conv.bias.copy_(bias[:, 0].to(conv.bias.dtype))
+            conv_bias.copy_(bias[:, 0].to(conv_bias.dtype))
         else:
-            conv.bias.zero_()
+            conv_bias.zero_()
             self.pitch_bias.copy_(bias[:, None, :].to(self.pitch_bias.dtype))
 
     def _calibrated_bias(self, rows: torch.Tensor, share: torch.Tensor, silent: torch.Tensor) -> torch.Tensor:
@@ -286,6 +296,7 @@ class Generator(nn.Module):
 
     def _init_gate_bias(self, share: torch.Tensor, z: torch.Tensor, floor: float) -> None:
         """Open each track's gate in its ``share`` of segments (on the latents ``z``)."""
+        assert self.gate is not None, "a generator without a bar gate has no gate bias"
         silent = share <= 0
         clipped = share.clamp(floor, 1 - floor)
         self.gate.bias.zero_()

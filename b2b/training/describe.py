@@ -157,7 +157,7 @@ def describe(cfg: Config, shape: list[int], n_bars: int) -> dict:
 
     g_layers = [(f"net.{i}", m) for i, m in enumerate(generator.net)]
     # The last block runs as its convolution (then the pitch bias and the sigmoid): hook the convolution.
-    g_layers[-1] = (g_layers[-1][0], generator.net[-1][0])
+    g_layers[-1] = (g_layers[-1][0], generator.output_layer()[0])
     if generator.gate is not None:
         g_layers.append(("gate", generator.gate))
     d_layers = [(f"body.{i}", m) for i, m in enumerate(critic.body)] + [("head", critic.head)]

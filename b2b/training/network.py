@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -56,7 +56,7 @@ class Precision:
 
 
 def build_optimizer(
-    module: nn.Module, lr: float, betas: tuple[float, float], impl: str = "auto"
+    module: nn.Module, lr: float, betas: Sequence[float], impl: str = "auto"
 ) -> torch.optim.Adam:
     """The Adam optimizer both paths use (DDP here, ZeRO in b2b/training/zero.py).
 
@@ -68,7 +68,7 @@ def build_optimizer(
         on_gpu = next(module.parameters()).device.type == "cuda"
         impl = "fused" if on_gpu else "foreach"
     flags = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}[impl]
-    return torch.optim.Adam(module.parameters(), lr=lr, betas=tuple(betas), **flags)
+    return torch.optim.Adam(module.parameters(), lr=lr, betas=(betas[0], betas[1]), **flags)
 
 
 class Network:
@@ -96,7 +96,8 @@ class Network:
     ):
         self.module = module
         self.wrapped = wrapped
-        self.fast = wrapped  # what training forwards call: ``wrapped``, or it compiled (:meth:`compile`)
+        # what training forwards call: ``wrapped``, or it compiled (:meth:`compile`)
+        self.fast: Callable[..., torch.Tensor] = wrapped
         self.optimizer = optimizer
         self.scaler = scaler
         self.skipped_steps = 0
@@ -124,7 +125,7 @@ class Network:
         if sync or not hasattr(self.wrapped, "no_sync"):
             yield
         else:
-            with self.wrapped.no_sync():
+            with self.wrapped.no_sync():  # type: ignore[operator]  # DDP's (hasattr above), not nn.Module's
                 yield
 
     def loss_scale(self) -> float | None:
