@@ -47,7 +47,7 @@ FORMAT = "b2b-shards/1"
 
 
 # Per-source defaults: MuseGAN's grid for LPD/MIDI; a smaller, overlapping grid for the small demo corpus.
-DEFAULTS = {
+DEFAULTS: dict[str, dict[str, int | None]] = {
     "lpd": {"n_bars": 4, "steps_per_bar": 48, "lowest_pitch": 24, "n_pitches": 84, "hop_bars": None},
     "midi": {"n_bars": 4, "steps_per_bar": 48, "lowest_pitch": 24, "n_pitches": 84, "hop_bars": None},
     "demo": {"n_bars": 4, "steps_per_bar": 16, "lowest_pitch": 36, "n_pitches": 48, "hop_bars": 1},
@@ -87,9 +87,9 @@ def assign_splits(groups: list[str], val_fraction: float, seed: int) -> dict[str
     split = {g: "val" if s < val_fraction else "train" for g, s in score.items()}
     if len(split) >= 2 and val_fraction > 0:
         if "val" not in split.values():
-            split[min(score, key=score.get)] = "val"
+            split[min(score, key=score.__getitem__)] = "val"
         if "train" not in split.values():
-            split[max(score, key=score.get)] = "train"
+            split[max(score, key=score.__getitem__)] = "train"
     return split
 
 
@@ -156,10 +156,11 @@ def _source_files(opts: BuildOptions) -> tuple[list[SongFile], dict]:
 
         files = files[: opts.limit] if opts.limit else files
         return files, {"kind": "demo", "input": "music21 corpus: bach", "music21": music21.__version__}
+    assert opts.input is not None  # _validate refuses lpd and midi without --input
     ids = read_ids(opts.ids) if opts.ids is not None else None
     files = find_song_files(opts.source, opts.input, ids, opts.limit)
-    source = {"kind": opts.source, "input": str(opts.input)}
-    if opts.ids is not None:
+    source: dict[str, object] = {"kind": opts.source, "input": str(opts.input)}
+    if opts.ids is not None and ids is not None:  # the two are None together
         source["ids"] = {"file": str(opts.ids), "n_ids": len(ids), "sha256": file_sha256(Path(opts.ids))}
     return files, source
 
@@ -342,8 +343,10 @@ def build_shards(opts: BuildOptions) -> BuildReport:
         writers = {
             s: ShardWriter(opts.output, s, opts.shard_size, folder.invalidate) for s in ("train", "val")
         }
-        skipped, excluded, used = [], Counter(), Counter()
-        totals = Counter()
+        skipped: list[dict] = []
+        excluded: Counter[str] = Counter()
+        used: Counter[str] = Counter()
+        totals: Counter[str] = Counter()
         longest = (0, "")
         progress = tqdm(
             total=len(tasks),
