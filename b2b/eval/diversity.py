@@ -157,7 +157,7 @@ def sample_features(rolls: np.ndarray, spec: RollSpec) -> np.ndarray:
     onsets = rolls.copy()
     onsets[:, :, 1:] &= ~rolls[:, :, :-1]
     n_onsets = onsets.sum(axis=(2, 3), dtype=np.float64)
-    pitch_on = rolls.any(axis=2)  # (n, c, p)
+    pitch_on = np.asarray(rolls.any(axis=2))  # (n, c, p)
     used = pitch_on.sum(axis=2)
     pitch_cells = rolls.sum(axis=2, dtype=np.float64)  # (n, c, p)
     sounding = rolls.any(axis=3).sum(axis=2)
@@ -171,7 +171,8 @@ def sample_features(rolls: np.ndarray, spec: RollSpec) -> np.ndarray:
     note_length = np.where(some, cells / np.maximum(n_onsets, 1), 0.0)
     classes = (spec.lowest_pitch + np.arange(p)) % 12
     chroma = np.zeros((n, c, 12))
-    np.add.at(chroma, (slice(None), slice(None), classes), pitch_cells)
+    # numpy's stub for ufunc.at leaves out tuple indices, which it takes
+    np.add.at(chroma, (slice(None), slice(None), classes), pitch_cells)  # type: ignore[arg-type]
     chroma /= safe[..., None]
     stats = {
         "plays": bars,
