@@ -19,7 +19,8 @@ from b2b.spec import RollSpec
 
 def write_npz(path: Path, **arrays: np.ndarray) -> None:
     with temporary_path(path) as tmp, open(tmp, "wb") as handle:  # a handle: numpy adds no suffix
-        np.savez_compressed(handle, **arrays)
+        # numpy's stub types **arrays against its allow_pickle flag: a key could be "allow_pickle"
+        np.savez_compressed(handle, **arrays)  # type: ignore[arg-type]
 
 
 def render_samples(
@@ -110,11 +111,11 @@ def _figures_html(figures: dict | None) -> str:
             "yes" if r["ok"] else "NO",
         ]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    rows = "".join(rows)
+    body = "".join(rows)
     return (
         f"<p>Measured on {figures['n']} generated samples against {e(figures['real'])}: "
         f"{e(summary_line(figures))}.</p>\n<table><tr><th>track</th><th>plays in bars (real)</th>"
-        f"<th>density × real</th><th>one note per step (real)</th><th>as real</th></tr>{rows}</table>"
+        f"<th>density × real</th><th>one note per step (real)</th><th>as real</th></tr>{body}</table>"
     )
 
 
