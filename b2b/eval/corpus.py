@@ -4,7 +4,7 @@ tables that set generated beside real, and the self-similarity picture.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +109,7 @@ def _format(metric: str, value: float | None) -> str:
     return f"{100 * value:.1f}%" if metric in RATE_METRICS else f"{value:.3f}"  # rates in %, as MuseGAN
 
 
-def table_rows(columns: dict[str, dict | None], gaps: dict[str, float] | None = None) -> list[list[str]]:
+def table_rows(columns: Mapping[str, dict | None], gaps: dict[str, float] | None = None) -> list[list[str]]:
     """Rows ``[metric, track or pair, value per column..., (gap)]`` for every entry some column defines."""
     items = {name: metric_items(m) for name, m in columns.items() if m is not None}
     keys = list(next(iter(items.values())))
