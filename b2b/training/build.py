@@ -73,9 +73,9 @@ def build_generator_and_critic(cfg: Config, spec: RollSpec, fresh: bool) -> tupl
     if cfg.model.density_init and fresh:
         density, activity = note_statistics(cfg.data.shards, spec.n_bars)
         generator.init_output_bias(density, activity=activity if cfg.model.bar_gate else None)
-    if cfg.train.channels_last:
-        generator.to(memory_format=torch.channels_last)
-        critic.to(memory_format=torch.channels_last)
+    if cfg.train.channels_last:  # torch's stub of Module.to leaves out memory_format, which it takes
+        generator.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        critic.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return generator, critic
 
 
@@ -88,7 +88,7 @@ def build_networks(
 ) -> tuple[Network, Network]:
     """The generator and critic with their optimizers, under DDP (through accelerate) or ZeRO."""
     if cfg.deepspeed.zero_stage > 0:
-        nets = build_zero_networks(cfg, generator, critic, precision, load_universal)
+        nets: list[Network] = list(build_zero_networks(cfg, generator, critic, precision, load_universal))
     else:
         nets = []
         for module, lr in ((generator, cfg.optim.g_lr), (critic, cfg.optim.d_lr)):
