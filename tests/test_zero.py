@@ -47,7 +47,8 @@ from b2b.errors import ConfigError
 from b2b.model.critic import Critic
 from b2b.model.generator import Generator
 from b2b.training.losses import critic_loss, generator_loss
-from b2b.training.network import Network, Precision, build_optimizer, step_decay
+from b2b.training.network import Network, Precision, build_optimizer
+from b2b.training.schedule import step_decay
 
 SHAPE = (2, 8, 12)
 LATENT = 8
