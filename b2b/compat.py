@@ -103,8 +103,8 @@ def universal_conversion_args(source: Path, target: Path) -> argparse.Namespace:
 def convert_to_universal(source: Path, target: Path) -> None:
     """Convert the ZeRO checkpoint in ``source`` to DeepSpeed's universal checkpoint in ``target``.
 
-    ``deepspeed.checkpoint.ds_to_universal.main`` is the script behind DeepSpeed's documented
-    ``python -m deepspeed.checkpoint.ds_to_universal`` command, called in this process with
+    ``deepspeed.checkpoint.ds_to_universal.main`` is the ``main`` of DeepSpeed's conversion script
+    (``python -m deepspeed.checkpoint.ds_to_universal``), called in this process with
     :func:`universal_conversion_args`. ``b2b.training.zero`` needs it to resume a ZeRO checkpoint on
     another number of ranks. Replace with that command in a subprocess, or a public conversion function.
     """
