@@ -15,6 +15,7 @@ Each loss reports its own statistics (``d_loss``, ``wasserstein``, ``penalty``, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -49,7 +50,7 @@ def _as_float(x: torch.Tensor) -> torch.Tensor:
 
 
 def gradient_penalty(
-    critic: nn.Module,
+    critic: Callable[..., torch.Tensor],
     real: torch.Tensor,
     fake: torch.Tensor,
     *,
@@ -99,7 +100,7 @@ def gradient_penalty(
 
 
 def critic_loss(
-    critic: nn.Module,
+    critic: Callable[..., torch.Tensor],  # a module, or a Network that calls its wrapped module
     real: torch.Tensor,
     fake: torch.Tensor,
     *,

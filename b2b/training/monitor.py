@@ -156,7 +156,7 @@ class Monitor:
             log_media(self.accelerator, self.cfg.log.tracker, step, png, audio, wav)
         return png
 
-    def measure(self, step: int, result: Mapping[str, Any]) -> None:
+    def measure(self, step: int, result: dict[str, Any]) -> None:
         """Log in-training metrics (``b2b.eval.reference.RealReference.compare``) and print their summary."""
         if not self.enabled:
             return

@@ -314,9 +314,11 @@ class Trainer(RunParts):
         self.calibrate_ema()
         # Only metrics measured on this very state may elect it, and never a generator writing no notes.
         at, result = self.last_measured
-        best = ranks.rank() == 0 and at == step and is_better(result, self.progress.best_distance)
-        if best:
-            self.progress.best_distance = result["distance_to_real"]
+        best = False
+        if ranks.rank() == 0 and at == step and result is not None:
+            best = is_better(result, self.progress.best_distance)
+            if best:
+                self.progress.best_distance = result["distance_to_real"]
         spec = self.spec.to_dict()
         meta = {"step": step, "epoch": self.loader.epoch, "config": self.cfg.to_dict(), "spec": spec}
         folder = self.checkpointer.save(step, meta)
