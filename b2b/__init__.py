@@ -1,3 +1,3 @@
-"""b2b — Bytes to Beats: a distributed WGAN-GP trainer for multi-track piano-roll music."""
+"""b2b — Bytes to Beats: a distributed WGAN-GP trainer for multi-track piano-roll music.
 
-__version__ = "0.1.0"
+The version is the installed package's (``b2b --version``, ``importlib.metadata.version("b2b")``)."""

@@ -26,21 +26,9 @@ def world_size() -> int:
     return dist.get_world_size() if initialized() else 1
 
 
-def local_rank() -> int:
-    """This process's rank on its node, as the launchers export it (``LOCAL_RANK``; 0 when unset)."""
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()
-
-
-def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
-    """In place: the element-wise maximum over ranks (any rank's failure flag reaches every rank)."""
-    if world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return tensor
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
