@@ -162,7 +162,7 @@ def evaluate(run: Path, shards: Path, wall: float, split: str = "train") -> dict
     generator, spec, cfg = load_generator(run)
     rolls = to_notes(generate(generator, 256, 0), generator.output, cfg.train.threshold, 0)
     # Against the training split: a corpus's few validation songs can miss a voice the model learned.
-    result = RealReference.from_shards(shards, spec, split=split, kept=len(rolls)).compare(rolls)
+    result = RealReference.from_shards(shards, spec, split=split, kept=len(rolls)).compare(rolls).to_dict()
     result["steps"] = read_meta(run)["step"]
     result["wall_s"] = wall
     result["samples_per_note_cell"] = float(np.mean(rolls))

@@ -16,7 +16,7 @@ from b2b.eval.diversity import (
     nearest_distances,
     sample_features,
 )
-from b2b.eval.metrics import distance_to_real, metric_gaps, music_metrics
+from b2b.eval.metrics import distance_to_real, metric_gaps, music_metrics, separability
 from b2b.eval.reference import RealReference, voice_rows
 from b2b.spec import RollSpec, Track
 
@@ -77,6 +77,10 @@ def test_a_collapsed_set_has_no_diversity_and_a_silent_track_is_wholly_wrong():
         "mono/Bass": 1.0,
         "pitches_used/Bass": 1.0,
         "polyphony/Bass": 1.0,
+        "fragments/Bass": 1.0,
+        "note_length/Bass": 1.0,
+        "on_8th/Bass": 1.0,
+        "lengths/Bass": 1.0,
         "TD/Lead-Bass": 1.0,  # TD/Bass-Pad is undefined for real data (the pad never plays): left out
     }
     # The pad is silent in both: its density gap is 0, its other entries undefined on both sides.
@@ -158,8 +162,10 @@ def test_real_reference_from_shards_flags_copies(tiny_shards):
     reference = RealReference.from_shards(tiny_shards, spec, kept=8, train_n=64)
     train = np.stack(list(iter_samples(tiny_shards, "train", limit=8)))
     result = reference.compare(train)
-    assert result["copies"] == {"identical": 1.0, "near": 1.0}
+    assert result.copies == {"identical": 1.0, "near": 1.0}
     assert reference.source["split"] == "val" and reference.source["train_n"] == 64
     silent = reference.compare(np.zeros((8, *spec.shape), bool))
-    assert silent["distance_to_real"] == 1.0 and silent["diversity_ratio"] == 0.0
-    assert silent["copies"]["identical"] == 0.0
+    assert silent.diversity_ratio == 0.0 and not silent.writes_notes
+    # Diversity 0: the statistics part is 1; the 1-NN test adds how far above the real floor it is.
+    assert silent.distance_to_real == 1.0 + separability(silent.nn_accuracy, silent.nn_floor)
+    assert silent.copies["identical"] == 0.0

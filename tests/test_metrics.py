@@ -17,6 +17,7 @@ from b2b.eval.metrics import (
     self_similarity,
     tonal_matrix,
 )
+from b2b.eval.structure import LENGTH_EDGES, MAJOR, NATURAL_MINOR
 from b2b.spec import LPD17_TRACKS, RollSpec, Track
 
 # Two bars of 48 steps (MuseGAN's 96 halved: QN needs 2 steps), beats of 12 steps. The pitch axis starts
@@ -63,6 +64,10 @@ def test_empty_bar_rate_and_undefined_metrics_of_silent_tracks():
         "UPC": None,
         "QN": None,
         "mono": None,
+        "fragments": None,
+        "note_length": None,
+        "on_8th": None,
+        "lengths": None,
         "pitches_used": None,
         "polyphony": None,
     }
@@ -189,10 +194,14 @@ def _oracle(rolls: np.ndarray, spec: RollSpec) -> dict:
     """The same definitions, written as plain loops over samples, tracks, bars, pitches and steps."""
     k = qn_min_steps(spec)
     spb, beat = spec.steps_per_bar, spec.steps_per_beat
+    sixteenth = beat / 4
     tracks = {}
+    sample_pcs = [[] for _ in rolls]  # pitch class of each pitched note, per sample
     for c, track in enumerate(spec.tracks):
         bars = empty_bars = pcs = pitches = notes = qualified = grid = poly_notes = poly_steps = mono = 0
-        for roll in rolls[:, c]:
+        fragments = on_8th = 0
+        lengths = [0] * (len(LENGTH_EDGES) - 1)
+        for i, roll in enumerate(rolls[:, c]):
             for b in range(spec.n_bars):
                 bar = roll[b * spb : (b + 1) * spb]
                 used = [p for p in range(spec.n_pitches) if bar[:, p].any()]
@@ -210,6 +219,14 @@ def _oracle(rolls: np.ndarray, spec: RollSpec) -> dict:
                         notes += 1
                         qualified += t - start >= k
                         grid += ((start % spb) * 16) % spb == 0
+                        length = t - start
+                        fragments += length < sixteenth or (sixteenth <= 1 and length == 1)
+                        on_8th += ((start % beat) * 2) % beat == 0
+                        lengths[
+                            next(j for j in range(len(lengths)) if length / sixteenth < LENGTH_EDGES[j + 1])
+                        ] += 1
+                        if not track.is_drum:
+                            sample_pcs[i].append((spec.lowest_pitch + p) % 12)
                     else:
                         t += 1
             for step in roll:
@@ -224,6 +241,10 @@ def _oracle(rolls: np.ndarray, spec: RollSpec) -> dict:
             values["UPC"] = pcs / nonempty if nonempty else None
             values["QN"] = qualified / notes if notes else None
             values["mono"] = mono / poly_steps if poly_steps else None
+            values["fragments"] = fragments / notes if notes else None
+            values["note_length"] = poly_notes / notes / sixteenth if notes else None
+            values["on_8th"] = on_8th / notes if notes else None
+            values["lengths"] = [n / notes for n in lengths] if notes else None
         values["pitches_used"] = pitches / nonempty if nonempty else None
         values["polyphony"] = poly_notes / poly_steps if poly_steps else None
         tracks[track.name] = values
@@ -242,7 +263,9 @@ def _oracle(rolls: np.ndarray, spec: RollSpec) -> dict:
                     centroids = tm @ (chroma / chroma.sum(axis=1, keepdims=True)).T
                     dists.append(np.linalg.norm(centroids[:, 0] - centroids[:, 1]))
         td[f"{spec.tracks[a].name}-{spec.tracks[b].name}"] = float(np.mean(dists)) if dists else None
-    return {"tracks": tracks, "TD": td}
+    scales = [{(root + i) % 12 for i in steps} for steps in (MAJOR, NATURAL_MINOR) for root in range(12)]
+    in_key = [max(sum(pc in scale for pc in pcs) for scale in scales) / len(pcs) for pcs in sample_pcs if pcs]
+    return {"tracks": tracks, "TD": td, "in_key": float(np.mean(in_key)) if in_key else None}
 
 
 @pytest.mark.parametrize("steps_per_bar", [48, 96, 24])
@@ -253,12 +276,20 @@ def test_vectorized_metrics_match_a_loop_oracle(steps_per_bar):
     rolls = np.zeros((6, *spec.shape), bool)
     for n, c, t, p in zip(*(rng.integers(0, s, 120) for s in rolls.shape), strict=True):
         rolls[n, c, t : t + rng.integers(1, 5), p] = True
+    for n, c, t, p in zip(*(rng.integers(0, s, 20) for s in rolls.shape), strict=True):
+        rolls[n, c, t : t + rng.integers(5, 40), p] = True  # longer notes: every length bin up to a bar
     rolls[:3, STRINGS] = False
     got = music_metrics(rolls, spec)
     want = _oracle(rolls, spec)
     for name, values in want["tracks"].items():
-        assert got["tracks"][name] == pytest.approx(values), name
+        values, lengths = dict(values), values.get("lengths")
+        got_values = dict(got["tracks"][name])
+        assert (got_values.pop("lengths", None) is None) == (values.pop("lengths", None) is None), name
+        assert got_values == pytest.approx(values), name
+        if lengths is not None:
+            assert got["tracks"][name]["lengths"] == pytest.approx(lengths), name
     assert got["TD"] == pytest.approx(want["TD"])
+    assert got["in_key"] == pytest.approx(want["in_key"])
 
 
 def test_chunks_add_up_and_bad_input_is_refused():

@@ -270,9 +270,20 @@ def test_eval_samples_against_real_shards(setup, samples, capsys):
         "UPC": 1.0,
         "QN": 1.0,
         "mono": 1.0,
+        "fragments": 0.0,
+        "note_length": 8.0,  # one 8-step note, a 16th a step
+        "on_8th": 1.0,
+        "lengths": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0],  # in [8, 12) 16ths
         "pitches_used": 1.0,
         "polyphony": 1.0,
     }
+    assert real["in_key"] == 1.0  # a single C: in C major
+    # The 1-NN floor: 3 val samples against 3 train samples, all six the same roll, so each one's nearest
+    # neighbours are the 5 others, tied, and 2 of them are from its own set.
+    assert report["nn_floor"] == pytest.approx(0.4) and report["nn_n"] == N
+    assert report["real_source"]["floor"] == "3 val against 3 train samples"
+    assert "songs" in report["real_source"]  # these hand-written shards record no songs
+    assert f"1-NN {report['nn_accuracy']:.2f} (real 0.40)" in printed
     # The five real samples are one roll five times: no diversity; the generated set's is measured too.
     assert real["diversity"] == 0.0 and report["diversity_ratio"] is None
     assert report["copies"] == {"identical": 0.0, "near": 0.0}  # untrained samples copy nothing
@@ -284,7 +295,7 @@ def test_eval_samples_against_real_shards(setup, samples, capsys):
     assert real["tracks"]["Bass"]["EB"] == 1.0 and real["TD"]["Piano-Bass"] is None
     rolls = np.stack([_roll(samples / f"sample-{i:03d}.npz") for i in range(N)])
     assert report["generated"] == music_metrics(rolls, SPEC)
-    distance = distance_to_real(report["generated"], real)
+    distance = distance_to_real(report["generated"], real, report["nn_accuracy"], report["nn_floor"])
     assert report["distance_to_real"] == distance
     assert f"distance to real: {distance:.4f}" in printed
     assert re.search(r"EB\s+Piano\s+\S+%\s+50\.0%", printed)

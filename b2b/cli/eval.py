@@ -19,7 +19,7 @@ import numpy as np
 from b2b.atomic import write_text
 from b2b.checkpoint.folder import read_meta, resolve_checkpoint
 from b2b.checkpoint.inference import load_generator
-from b2b.data.manifest import pick_split, shards_spec
+from b2b.data.manifest import pick_split, read_manifest, shards_spec, song_groups
 from b2b.errors import B2BError, DataError
 from b2b.eval.corpus import corpus_statistics, musegan_reference, render_table, save_ssm_plot, table_rows
 from b2b.eval.diversity import NEAR_COPY, copy_rates, nearest_distances
@@ -29,7 +29,16 @@ from b2b.eval.metrics import (
     metric_gaps,
     self_similarity,
 )
-from b2b.eval.reference import RealReference, summary_line, train_cells, voice_table
+from b2b.eval.reference import (
+    Comparison,
+    RealReference,
+    floor_samples,
+    nn_text,
+    structure_table,
+    summary_line,
+    train_cells,
+    voice_table,
+)
 from b2b.spec import RollSpec, spec_difference
 
 
@@ -116,18 +125,23 @@ def _data_of(args: argparse.Namespace) -> str:
     raise B2BError("b2b eval needs --data SHARDS (the real corpus to compare with)")
 
 
-def set_lines(result: dict, real_copies: dict | None) -> list[str]:
-    """The set measures as lines: diversity, precision/recall, copies (with the real baseline)."""
+def set_lines(result: Comparison, real_copies: dict | None, floor_source: str | None) -> list[str]:
+    """The set measures as lines: diversity, precision/recall, the 1-NN test beside its real floor,
+    copies (with the real baseline)."""
 
-    ratio = result["diversity_ratio"]
+    ratio = result.diversity_ratio
+    floor = (
+        f"; the real floor: {floor_source}" if floor_source else "; no real floor: the shards have one split"
+    )
     lines = [
         f"diversity: {'-' if ratio is None else f'{ratio:.2f}'} of real (mean pairwise Jaccard distance "
-        f"{result['metrics']['diversity'] or 0:.3f} generated, {result['real_diversity'] or 0:.3f} real)",
-        f"precision {result['precision']:.2f}, recall {result['recall']:.2f} "
-        "(k-NN in music-statistics space)",
+        f"{result.metrics['diversity'] or 0:.3f} generated, {result.real_diversity or 0:.3f} real)",
+        f"precision {result.precision:.2f}, recall {result.recall:.2f} (k-NN in music-statistics space)",
+        f"{nn_text(result)}: leave-one-out 1-NN accuracy telling generated from real samples, "
+        f"{result.nn_n} of each (0.5 = indistinguishable){floor}",
     ]
-    if result["copies"] is not None:
-        copies = result["copies"]
+    if result.copies is not None:
+        copies = result.copies
         baseline = ""
         if real_copies is not None:
             baseline = f"; real held-out samples: {100 * real_copies['near']:.1f}%"
@@ -182,29 +196,37 @@ def run(args: argparse.Namespace) -> int:
         summary = [f"real corpus statistics of {data} ({split} split, {real['n_samples']} samples)"]
     else:
         train = train_cells(data, args.train_n)
-        comparison = RealReference.from_accumulator(accumulator, train, report["real_source"])
+        groups = song_groups(read_manifest(data), split, np.array(accumulator.kept_index))
+        other = floor_samples(data, split, kept)
+        comparison = RealReference.from_accumulator(accumulator, train, report["real_source"], other, groups)
         result = comparison.compare(rolls)
-        result["real_diversity"] = real.get("diversity")
         real_copies = None
         if split != "train":  # how close held-out real samples come to the training set: the baseline
             real_copies = copy_rates(nearest_distances(comparison.samples, train))
-        gaps = metric_gaps(result["metrics"], real)
+        gaps = metric_gaps(result.metrics, real)
+        report["real_source"] = comparison.source
         report.update(
             {
-                "generated": result["metrics"],
+                "generated": result.metrics,
                 "generated_source": source,
-                "distance_to_real": result["distance_to_real"],
-                "diversity_ratio": result["diversity_ratio"],
-                "precision": result["precision"],
-                "recall": result["recall"],
-                "copies": result["copies"],
+                "distance_to_real": result.distance_to_real,
+                "diversity_ratio": result.diversity_ratio,
+                "precision": result.precision,
+                "recall": result.recall,
+                "nn_accuracy": result.nn_accuracy,
+                "nn_floor": result.nn_floor,
+                "nn_n": result.nn_n,
+                "in_key": result.in_key,
+                "in_key_real": result.in_key_real,
+                "copies": result.copies,
                 "real_copies": real_copies,
-                "voices": result["voices"],
+                "voices": result.voices,
+                "structure": result.structure,
                 "gaps": gaps,
             }
         )
         columns = {
-            f"generated (n={len(rolls)})": result["metrics"],
+            f"generated (n={len(rolls)})": result.metrics,
             f"real (n={real['n_samples']})": real,
         }
         header = ["metric", "track", *columns, "gap"]
@@ -216,10 +238,12 @@ def run(args: argparse.Namespace) -> int:
             "real: first sample": real_first,
         }
         summary = [
-            f"distance to real: {result['distance_to_real']:.4f} (0 = identical statistics and diversity; "
-            f"mean gap over {len(gaps)} metrics, times how close the diversity is to real)",
-            *set_lines(result, real_copies),
+            f"distance to real: {result.distance_to_real:.4f} (0 = identical; 1 - (1 - mean gap over "
+            f"{len(gaps)} metrics) x how close the diversity is to real, + the 1-NN accuracy's excess over "
+            "the real floor)",
+            *set_lines(result, real_copies, comparison.source.get("floor")),
             voice_table(result),
+            structure_table(result),
             summary_line(result),
         ]
 

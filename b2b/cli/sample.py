@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         "spec": spec.to_dict(),
         "samples": entries,
     }
-    real_entries = None
+    real_entries, figures = None, None
     if data is not None:
         reference = RealReference.from_shards(data, spec, kept=max(measure, args.n))
         info["real_source"] = f"{data} ({reference.source['split']} split)"
@@ -147,15 +147,14 @@ def run(args: argparse.Namespace) -> int:
         save_comparison(real, rolls, spec, out / "compare.png")
         figures = reference.compare(rolls[:measure]) if measure >= 2 else None
         if figures is not None:
-            figures.pop("metrics")
-            info["figures"] = {**figures, "n": measure, "real": info["real_source"]}
+            info["figures"] = {**figures.to_dict(metrics=False), "n": measure, "real": info["real_source"]}
         info["real_samples"] = real_entries
     write_text(out / INFO_FILE, json.dumps(info, indent=2))
-    write_text(out / "index.html", gallery_html(entries, info, real_entries))
+    write_text(out / "index.html", gallery_html(entries, info, real_entries, figures))
     synths = ", ".join(sorted({entry["synth"] for entry in entries}))
     print(f"wrote {len(entries)} samples to {out} (audio: {synths}); open {out / 'index.html'}")
-    if "figures" in info:
-        print(f"{measure} samples against {info['figures']['real']}: {summary_line(info['figures'])}")
+    if figures is not None:
+        print(f"{measure} samples against {info['figures']['real']}: {summary_line(figures)}")
     else:
         print("no real data found for comparison (the run's shards are gone): pass --data SHARDS")
     print(f"evaluate them with: b2b eval --samples {out} --data {data or 'SHARDS'}")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from b2b.errors import DataError
 from b2b.spec import RollSpec
 
@@ -102,6 +104,17 @@ def shards_spec(shards: str | Path) -> RollSpec:
     """The RollSpec recorded in a shards folder's manifest."""
 
     return manifest_spec(read_manifest(shards), shards)
+
+
+def song_groups(manifest: dict, split: str, indices: np.ndarray) -> np.ndarray | None:
+    """The song group (a number, the same for every file of one song) of each sample of ``split`` at
+    these positions (in shard order), from the manifest's ``songs``; None for shards built before b2b
+    recorded them."""
+    songs = manifest.get("songs", {}).get(split)
+    if not songs or not songs.get("starts"):
+        return None
+    run = np.searchsorted(np.asarray(songs["starts"]), np.asarray(indices), side="right") - 1
+    return np.asarray(songs["groups"])[run]
 
 
 def pick_split(shards: str | Path, split: str) -> str:

@@ -346,6 +346,10 @@ def build_shards(opts: BuildOptions) -> BuildReport:
         skipped: list[dict] = []
         excluded: Counter[str] = Counter()
         used: Counter[str] = Counter()
+        # Where each song's windows start in its split, and its group's number: evaluation keeps the
+        # windows of one song (overlapping, near-identical) from standing in for each other.
+        songs: dict[str, dict[str, list[int]]] = {s: {"starts": [], "groups": []} for s in ("train", "val")}
+        group_ids: dict[str, int] = {}
         totals: Counter[str] = Counter()
         longest = (0, "")
         progress = tqdm(
@@ -376,6 +380,8 @@ def build_shards(opts: BuildOptions) -> BuildReport:
             split = splits[file.group]
             used[split] += 1
             totals["source_bytes"] += result.source_bytes
+            songs[split]["starts"].append(writers[split].count)
+            songs[split]["groups"].append(group_ids.setdefault(file.group, len(group_ids)))
             for sample in result.samples:
                 writers[split].add(sample)
             progress.set_postfix(samples=writers["train"].count + writers["val"].count, refresh=False)
@@ -412,6 +418,7 @@ def build_shards(opts: BuildOptions) -> BuildReport:
             "n_train": writers["train"].count,
             "n_val": writers["val"].count,
             "shards": records,
+            "songs": songs,
             "skipped": skipped,
             "bytes_per_sample": round(shard_bytes / n_samples, 1),
             "source_bytes_per_sample": round(totals["source_bytes"] / n_samples, 1),

@@ -13,6 +13,10 @@ precision and recall
     of per-sample music statistics (:func:`sample_features`, standardized by the real set). Precision:
     the share of generated samples inside the real set's k-NN balls (are they realistic); recall: the
     share of real samples inside the generated set's balls (is the real variety covered).
+1-NN two-sample test
+    The leave-one-out accuracy of a 1-nearest-neighbour classifier telling two equally large sets apart
+    in a feature space (:func:`nn_accuracy`; Lopez-Paz & Oquab, ICLR 2017): 0.5 when they are
+    indistinguishable, 1 when every sample's nearest neighbour is from its own set.
 copies
     For each generated sample, the Jaccard distance to its nearest training sample: the share at distance
     0 (identical) and the share within :data:`NEAR_COPY` (a near-copy).
@@ -192,9 +196,11 @@ def feature_floors(n_tracks: int) -> np.ndarray:
     return np.tile(np.array(per_track), n_tracks)
 
 
-def standardize(features: np.ndarray, real: np.ndarray) -> np.ndarray:
-    """Centre on the real set's mean and scale by its standard deviation, floored per feature."""
-    floors = feature_floors(real.shape[1] // (len(FEATURES) + 12))
+def standardize(features: np.ndarray, real: np.ndarray, floors: np.ndarray | None = None) -> np.ndarray:
+    """Centre on the real set's mean and scale by its standard deviation, floored per feature (``floors``;
+    default: :func:`feature_floors`, for :func:`sample_features`)."""
+    if floors is None:
+        floors = feature_floors(real.shape[1] // (len(FEATURES) + 12))
     return (features - real.mean(axis=0)) / np.maximum(real.std(axis=0), floors)
 
 
@@ -221,3 +227,44 @@ def knn_precision_recall(generated: np.ndarray, real: np.ndarray, k: int = KNN_K
     precision = np.mean((cross <= _radii(real, k)[None, :]).any(axis=1))
     recall = np.mean((cross <= _radii(generated, k)[:, None]).any(axis=0))
     return {"precision": float(precision), "recall": float(recall)}
+
+
+def nn_accuracy(
+    a: np.ndarray,
+    b: np.ndarray,
+    groups_a: np.ndarray | None = None,
+    groups_b: np.ndarray | None = None,
+    seed: int = 0,
+) -> float:
+    """Leave-one-out 1-NN accuracy of telling feature set ``a`` ``(n, D)`` from ``b`` ``(m, D)``.
+
+    The larger set is cut to the smaller one's size (a seeded uniform subset), so that chance is 0.5.
+    Each sample of the pooled sets is classified by its nearest other sample (Euclidean), leaving out
+    the samples of its own group in its own set (``groups_a``, ``groups_b``: e.g. the song of each real
+    window, whose overlapping windows would otherwise find each other; None: each sample its own group).
+    A sample whose nearest neighbours are tied counts the share of them from its own set, so the result
+    does not depend on the order of the samples. 0.5: the sets are indistinguishable; 1: each sample's
+    nearest neighbour is from its own set; below 0.5: closer across the sets than within them.
+    """
+    size = min(len(a), len(b))
+    if size < 2:
+        raise ValueError("the 1-NN test needs at least 2 samples on each side")
+    rng = np.random.default_rng(seed)
+    sides = []
+    for features, groups in ((a, groups_a), (b, groups_b)):
+        keep = np.arange(len(features))
+        if len(features) > size:
+            keep = np.sort(rng.choice(len(features), size, replace=False))
+        sides.append((features[keep], keep if groups is None else np.asarray(groups)[keep]))
+    points = np.concatenate([sides[0][0], sides[1][0]])
+    label = np.repeat([0, 1], size)
+    group = np.concatenate([sides[0][1], sides[1][1]])
+    norms = (points * points).sum(axis=1)
+    squared = norms[:, None] + norms[None, :] - 2.0 * (points @ points.T)
+    own = label[:, None] == label[None, :]
+    squared[own & (group[:, None] == group[None, :])] = np.inf  # itself and its own group
+    # Distances within float noise of the expanded square (relative to the points' norms) are ties: two
+    # copies of a sample must tie whatever their rounding.
+    noise = 1e-9 * (norms[:, None] + norms[None, :] + 1.0)
+    nearest = squared <= squared.min(axis=1, keepdims=True) + noise
+    return float(np.mean((nearest & own).sum(axis=1) / nearest.sum(axis=1)))

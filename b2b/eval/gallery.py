@@ -12,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from b2b.atomic import temporary_path
-from b2b.eval.reference import summary_line
+from b2b.eval.reference import Comparison, summary_line
 from b2b.eval.render import phrase_audio, roll_to_midi, save_roll_grid, save_wav, write_midi
 from b2b.spec import RollSpec
 
@@ -91,7 +91,7 @@ def _cards(entries: list[dict], kind: str) -> str:
     )
 
 
-def _figures_html(figures: dict | None) -> str:
+def _figures_html(figures: Comparison | None, n: int, real: str) -> str:
     if figures is None:
         return (
             "<p>No real data to compare with: pass <code>--data SHARDS</code> to <code>b2b sample</code>.</p>"
@@ -99,7 +99,7 @@ def _figures_html(figures: dict | None) -> str:
 
     e = html.escape
     rows = []
-    for r in figures["voices"]:
+    for r in figures.voices:
         if r["plays_real"] == 0 and r["ok"]:
             continue  # silent in the real data and here: nothing to show
         density = "-" if r["density_ratio"] is None else f"{r['density_ratio']:.2f}"
@@ -113,7 +113,7 @@ def _figures_html(figures: dict | None) -> str:
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     body = "".join(rows)
     return (
-        f"<p>Measured on {figures['n']} generated samples against {e(figures['real'])}: "
+        f"<p>Measured on {n} generated samples against {e(real)}: "
         f"{e(summary_line(figures))}.</p>\n<table><tr><th>track</th><th>plays in bars (real)</th>"
         f"<th>density × real</th><th>one note per step (real)</th><th>as real</th></tr>{body}</table>"
     )
@@ -123,8 +123,14 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.0f}%"
 
 
-def gallery_html(entries: list[dict], info: dict, real_entries: list[dict] | None = None) -> str:
-    """The ``index.html`` gallery: generated samples, real ones drawn alike, and the diversity figures."""
+def gallery_html(
+    entries: list[dict],
+    info: dict,
+    real_entries: list[dict] | None = None,
+    figures: Comparison | None = None,
+) -> str:
+    """The ``index.html`` gallery: generated samples, real ones drawn alike, and the figures of
+    ``figures``, measured on ``info["figures"]["n"]`` samples against ``info["real_source"]``."""
     e = html.escape
     settings = ", ".join(
         f"{k} {e(str(info[k]))}" for k in ("checkpoint", "step", "weights", "seed", "threshold", "tempo")
@@ -157,7 +163,7 @@ td, th {{ border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: right; }}
 <h1>b2b samples</h1>
 <p>{settings}. Audio: {e(", ".join(synths))}. All generated samples in one picture:
 <a href="grid.png">grid.png</a>{compare}.</p>
-{_figures_html(info.get("figures"))}
+{_figures_html(figures, info.get("figures", {}).get("n", 0), info.get("real_source", ""))}
 <h2>Generated samples</h2>
 <div class="grid">
 {_cards(entries, "generated")}

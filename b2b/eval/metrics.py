@@ -36,6 +36,11 @@ mono (voice leading)
 polyphonic_rate (overall)
     The seed notebook's "mean number of simultaneous notes per time step": the same mean pooled over
     every (sample, track, step) with at least one pitch on, drums included.
+fragments, note_length, lengths, on_8th (pitched tracks), in_key (overall)
+    How notes are built (:mod:`b2b.eval.structure`): the share of notes shorter than a 16th (one step
+    where a 16th is one step), the mean note length in 16ths, the note-length histogram, the share of
+    onsets on the eighth-note grid, and the mean over samples of the share of notes in the sample's
+    best-fitting major or natural-minor scale (MusPy's scale consistency).
 TD (tonal distance), for each pair of pitched tracks ``"A-B"``
     Per beat, each track's chroma (on-steps per pitch class, L1-normalized) is mapped to Harte et al.'s
     6-D tonal centroid (fifths, minor thirds, major thirds circles with radii 1, 1, 0.5); TD is the
@@ -60,13 +65,26 @@ import numpy as np
 
 from b2b.errors import B2BError, ShapeError
 from b2b.eval.diversity import mean_pairwise_distance
+from b2b.eval.structure import N_LENGTH_BINS, steps_per_16th, structure_counts, total_variation
 from b2b.spec import RollSpec
 
 # Rates live in [0, 1]: their gap to real is absolute. Densities are compared by their ratio (half or
 # twice the real density is fully wrong); the others relative to real.
-RATE_METRICS = ("EB", "QN", "DP", "mono")
+RATE_METRICS = ("EB", "QN", "DP", "mono", "fragments", "on_8th", "in_key")
 RATIO_METRICS = ("density",)
-TRACK_METRICS = ("EB", "density", "UPC", "QN", "DP", "mono", "pitches_used", "polyphony")
+TRACK_METRICS = (
+    "EB",
+    "density",
+    "UPC",
+    "QN",
+    "DP",
+    "mono",
+    "pitches_used",
+    "polyphony",
+    "fragments",
+    "note_length",
+    "on_8th",
+)
 DIVERSITY_N = 512  # samples kept for the pairwise diversity of a set
 CHUNK = 128  # samples per vectorized pass: bounds memory for LPD-17-sized batches
 
@@ -120,10 +138,14 @@ class MetricsAccumulator:
         self.pairs = pitched_pairs(self.spec)
         # A uniform, seeded subset of the samples seen (reservoir sampling) for the pairwise diversity.
         self.kept: list[np.ndarray] = []
+        self.kept_index: list[int] = []  # each kept sample's position among the samples fed in
         self._reservoir = np.random.default_rng(0)
         names = ("bars", "empty_bars", "pc_sum", "pitch_sum", "notes", "qualified", "on_grid")
-        for name in (*names, "poly_notes", "poly_steps", "mono_steps"):
+        for name in (*names, "poly_notes", "poly_steps", "mono_steps", "fragments", "on_8th"):
             self.sums[name] = np.zeros(c, dtype=np.int64)
+        self.sums["lengths"] = np.zeros((c, N_LENGTH_BINS), dtype=np.int64)
+        self.sums["in_key_sum"] = np.zeros(1, dtype=np.float64)
+        self.sums["in_key_samples"] = np.zeros(1, dtype=np.int64)
         self.sums["td_sum"] = np.zeros(len(self.pairs), dtype=np.float64)
         self.sums["td_beats"] = np.zeros(len(self.pairs), dtype=np.int64)
         self._pc = pitch_class_matrix(self.spec)
@@ -152,10 +174,12 @@ class MetricsAccumulator:
         self.n_samples += 1
         if len(self.kept) < self.diversity_n:
             self.kept.append(roll.copy())
+            self.kept_index.append(self.n_samples - 1)
         else:
             slot = int(self._reservoir.integers(self.n_samples))
             if slot < self.diversity_n:
                 self.kept[slot] = roll.copy()
+                self.kept_index[slot] = self.n_samples - 1
 
     def _update_chunk(self, x: np.ndarray) -> None:
         # Counts are summed as uint8/uint16 views of the bool roll: numpy's default bool sums go
@@ -195,6 +219,10 @@ class MetricsAccumulator:
             qualified = qualified & x[:, :, lag : t - k + 1 + lag]
         s["qualified"] += np.count_nonzero(qualified, axis=(0, 2, 3))
 
+        structure = structure_counts(x, spec)
+        for name in ("fragments", "on_8th", "lengths", "in_key_sum", "in_key_samples"):
+            s[name] += structure[name]
+
         # Tonal distance per beat between pitched track pairs.
         if self.pairs:
             chroma = beat_pitch.astype(np.float32) @ self._pc  # (n, c, beats, 12) on-steps per class
@@ -206,6 +234,19 @@ class MetricsAccumulator:
             dist = np.linalg.norm(centroid[:, i] - centroid[:, j], axis=3)
             s["td_sum"] += np.where(both, dist, 0.0).sum(axis=(0, 2))
             s["td_beats"] += np.count_nonzero(both, axis=(0, 2))
+
+    def _structure(self, i: int) -> dict:
+        """Track ``i``'s fragments, mean note length (16ths), on-8th share and length histogram (shares)."""
+        s, notes = self.sums, int(self.sums["notes"][i])
+        if not notes:
+            return dict.fromkeys(("fragments", "note_length", "on_8th", "lengths"))
+        return {
+            "fragments": float(s["fragments"][i] / notes),
+            # Every on-cell belongs to exactly one note: the summed lengths are the cells.
+            "note_length": float(s["poly_notes"][i] / notes / steps_per_16th(self.spec)),
+            "on_8th": float(s["on_8th"][i] / notes),
+            "lengths": (s["lengths"][i] / notes).tolist(),
+        }
 
     def result(self) -> dict:
         """The metrics dict described in :func:`music_metrics`."""
@@ -225,15 +266,18 @@ class MetricsAccumulator:
                 values["UPC"] = ratio(s["pc_sum"], nonempty, i)
                 values["QN"] = ratio(s["qualified"], s["notes"], i)
                 values["mono"] = ratio(s["mono_steps"], s["poly_steps"], i)
+                values.update(self._structure(i))
             values["pitches_used"] = ratio(s["pitch_sum"], nonempty, i)
             values["polyphony"] = ratio(s["poly_notes"], s["poly_steps"], i)
             tracks[track.name] = values
         steps = int(s["poly_steps"].sum())
         names = [t.name for t in self.spec.tracks]
+        measured = int(s["in_key_samples"][0])
         return {
             "n_samples": self.n_samples,
             "tracks": tracks,
             "polyphonic_rate": float(s["poly_notes"].sum() / steps) if steps else None,
+            "in_key": float(s["in_key_sum"][0] / measured) if measured else None,
             "TD": {
                 f"{names[a]}-{names[b]}": ratio(s["td_sum"], s["td_beats"], k)
                 for k, (a, b) in enumerate(self.pairs)
@@ -255,10 +299,12 @@ def music_metrics(rolls: np.ndarray, spec: RollSpec) -> dict:
     Returns
     -------
     dict
-        JSON-able: ``{"n_samples": N, "tracks": {name: {...}}, "polyphonic_rate": float,
-        "TD": {"A-B": float}}``. A pitched track has ``EB, UPC, QN, pitches_used, polyphony``; a drum
-        track ``EB, DP, pitches_used, polyphony``. A value is ``None`` where it is undefined (no bar,
-        note or beat to average over).
+        JSON-able: ``{"n_samples": N, "tracks": {name: {...}}, "polyphonic_rate": float, "in_key":
+        float, "TD": {"A-B": float}, "diversity": float}``. A pitched track has ``EB, density, UPC, QN,
+        mono, pitches_used, polyphony, fragments, note_length, on_8th, lengths`` (the note-length
+        histogram as shares over :data:`b2b.eval.structure.LENGTH_EDGES`); a drum track ``EB, density, DP,
+        pitches_used, polyphony``. A value is ``None`` where it is undefined (no bar, note or beat to
+        average over).
     """
     return MetricsAccumulator(spec).update(rolls).result()
 
@@ -271,6 +317,7 @@ def metric_items(metrics: dict) -> dict[str, float | None]:
             if metric in values:
                 items[f"{metric}/{name}"] = values[metric]
     items["polyphonic_rate"] = metrics.get("polyphonic_rate")
+    items["in_key"] = metrics.get("in_key")
     for pair, value in metrics.get("TD", {}).items():
         items[f"TD/{pair}"] = value
     return items
@@ -313,6 +360,13 @@ def metric_gaps(generated: dict, real: dict) -> dict[str, float]:
         gap = _gap(metric, gen_items.get(key), real_items.get(key))
         if gap is not None:
             gaps[key] = gap
+    for name, values in real.get("tracks", {}).items():
+        real_lengths = values.get("lengths")
+        gen_lengths = generated.get("tracks", {}).get(name, {}).get("lengths")
+        if real_lengths is None and gen_lengths is None:
+            continue
+        defined = real_lengths is not None and gen_lengths is not None and name not in muted
+        gaps[f"lengths/{name}"] = total_variation(gen_lengths, real_lengths) if defined else 1.0
     return dict(sorted(gaps.items()))
 
 
@@ -324,20 +378,37 @@ def diversity_ratio(generated: dict, real: dict) -> float | None:
     return g / r
 
 
-def distance_to_real(generated: dict, real: dict) -> float:
+def separability(nn_accuracy: float | None, nn_floor: float | None = None) -> float:
+    """How much better than on real data a 1-NN classifier tells generated from real samples, in [0, 1]:
+    ``clip((A - F) / (1 - F), 0, 1)`` for accuracy ``A`` and real floor ``F`` (0.5, chance, without a
+    floor); 0 without an accuracy."""
+    if nn_accuracy is None:
+        return 0.0
+    floor = 0.5 if nn_floor is None else min(nn_floor, 0.99)
+    return float(np.clip((nn_accuracy - floor) / (1.0 - floor), 0.0, 1.0))
+
+
+def distance_to_real(
+    generated: dict, real: dict, nn_accuracy: float | None = None, nn_floor: float | None = None
+) -> float:
     """One number for how far a generated set is from a real one: lower is better, 0 = identical.
 
-    ``1 - (1 - S) * D``, where ``S`` is the mean gap of the music statistics and ``D`` how close the
+    ``1 - (1 - S) * D + N``, in [0, 2]. ``S`` is the mean gap of the music statistics, ``D`` how close the
     set's diversity is to real (``min(ratio, 1 / ratio)``; 0 for a set whose diversity is 0, e.g. a
-    silent or fully collapsed generator; 1 where a set is too small to measure it). So a collapsed
-    generator scores badly however right its statistics, and the distance lies in [0, 1].
+    silent or fully collapsed generator; 1 where a set is too small to measure it), so a collapsed
+    generator scores at least 1 however right its statistics. ``N`` is :func:`separability`: how far
+    above the real floor a 1-NN classifier tells the generated samples from real ones (0 when no
+    accuracy is given). The two parts are added, not multiplied, so that the statistics still rank two
+    generators that the classifier tells apart equally well (early in training, both at 1.0).
 
-    ``S`` is the mean, over every metric entry (each track's EB, density, UPC, QN, DP, mono, pitches used
-    and polyphony, every TD pair, the overall polyphonic rate), of its gap:
+    ``S`` is the mean, over every metric entry (each track's EB, density, UPC, QN, DP, mono, pitches used,
+    polyphony, fragments, note length, on-8th share and note-length histogram, every TD pair, the overall
+    polyphonic rate and in-key share), of its gap:
 
-    - rates in [0, 1] (EB, QN, DP, mono): ``|g - r|``;
+    - rates in [0, 1] (EB, QN, DP, mono, fragments, on_8th, in_key): ``|g - r|``;
     - density: ``|log2(g / r)|`` (half or twice the real density is fully wrong);
-    - the others (UPC, pitches used, polyphony, polyphonic rate, TD): ``|g - r| / r``;
+    - the note-length histogram: the total variation distance ``½ Σ |g_i - r_i|`` over its bins;
+    - the others (UPC, pitches used, polyphony, note length, polyphonic rate, TD): ``|g - r| / r``;
     - where ``r`` or ``g`` is 0, the gap is 0 if both are, else 1;
     - each gap capped at 1; an entry undefined on one side only counts 1; undefined on both sides, it is
       left out;
@@ -350,6 +421,9 @@ def distance_to_real(generated: dict, real: dict) -> float:
     ----------
     generated, real : dict
         Outputs of :func:`music_metrics` (or the same loaded back from JSON).
+    nn_accuracy, nn_floor : float, optional
+        The 1-NN two-sample accuracy of generated against real samples, and the same between two real
+        sets of disjoint songs (:meth:`b2b.eval.reference.RealReference.compare`).
 
     Returns
     -------
@@ -361,7 +435,7 @@ def distance_to_real(generated: dict, real: dict) -> float:
     statistics = float(np.mean(list(gaps.values())))
     ratio = diversity_ratio(generated, real)
     closeness = 1.0 if ratio is None else min(ratio, 1.0 / ratio) if ratio > 0 else 0.0
-    return 1.0 - (1.0 - statistics) * closeness
+    return 1.0 - (1.0 - statistics) * closeness + separability(nn_accuracy, nn_floor)
 
 
 def self_similarity(roll: np.ndarray, spec: RollSpec) -> np.ndarray:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from b2b.atomic import write_text
 from b2b.config import Config
-from b2b.eval.reference import summary_line, voice_table
+from b2b.eval.reference import Comparison, structure_table, summary_line, voice_table
 from b2b.eval.render import phrase_audio, save_midi, save_roll_grid, save_wav
 from b2b.spec import RollSpec
 from b2b.training.trackers import SAMPLE_RATE, flatten, log_media
@@ -40,11 +40,10 @@ LINE_FIELDS = (
 )
 
 
-def is_better(result: Mapping[str, Any], best_distance: float) -> bool:
+def is_better(result: Comparison, best_distance: float) -> bool:
     """Whether in-training metrics elect their checkpoint as the new best: a generator that writes no
     note never is, whatever its distance."""
-    writes_notes = result["metrics"]["polyphonic_rate"] is not None
-    return writes_notes and result["distance_to_real"] < best_distance
+    return result.writes_notes and result.distance_to_real < best_distance
 
 
 class Monitor:
@@ -156,22 +155,25 @@ class Monitor:
             log_media(self.accelerator, self.cfg.log.tracker, step, png, audio, wav)
         return png
 
-    def measure(self, step: int, result: dict[str, Any]) -> None:
-        """Log in-training metrics (``b2b.eval.reference.RealReference.compare``) and print their summary."""
+    def measure(self, step: int, result: Comparison) -> None:
+        """Log in-training metrics (``b2b.eval.reference.RealReference.compare``) and print their summary,
+        the table of voices and the table of how their notes are built."""
         if not self.enabled:
             return
 
-        copies = result["copies"] or {}
+        copies = result.copies or {}
         values = {
-            "distance_to_real": result["distance_to_real"],
-            "diversity_ratio": result["diversity_ratio"],
-            "precision": result["precision"],
-            "recall": result["recall"],
+            "distance_to_real": result.distance_to_real,
+            "diversity_ratio": result.diversity_ratio,
+            "precision": result.precision,
+            "recall": result.recall,
+            "nn_accuracy": result.nn_accuracy,
+            "nn_floor": result.nn_floor,
             **{f"copies_{k}": v for k, v in copies.items()},
-            **{k: v for k, v in flatten(result["metrics"], "music").items() if _is_number(v)},
+            **{k: v for k, v in flatten(result.metrics, "music").items() if _is_number(v)},
         }
         self.write(step, values)
-        self.message(f"step {step}: {summary_line(result)}\n{voice_table(result)}")
+        self.message(f"step {step}: {summary_line(result)}\n{voice_table(result)}\n{structure_table(result)}")
 
     # -- status ----------------------------------------------------------------------------------------
 

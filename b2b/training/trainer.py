@@ -30,7 +30,7 @@ from b2b.config import Config
 from b2b.data.manifest import manifest_spec
 from b2b.errors import NonFiniteLoss
 from b2b.eval.generate import generate_notes
-from b2b.eval.reference import RealReference
+from b2b.eval.reference import Comparison, RealReference
 from b2b.model.ema import ema_beta, recalibrate_batchnorm, update_ema
 from b2b.runtime import ranks
 from b2b.runtime.hardware import peak_memory_gb
@@ -58,7 +58,7 @@ class Trainer(RunParts):
             cfg.log.n_snapshot, cfg.model.latent_dim, generator=torch.Generator().manual_seed(cfg.train.seed)
         )
         self.ema_calibrated_at, self.opened = -1, False
-        self.last_measured: tuple[int, dict | None] = (-1, None)
+        self.last_measured: tuple[int, Comparison | None] = (-1, None)
         self.reference: RealReference | None = None
         self.batches: Iterator[torch.Tensor] | None = None
 
@@ -318,7 +318,7 @@ class Trainer(RunParts):
         if ranks.rank() == 0 and at == step and result is not None:
             best = is_better(result, self.progress.best_distance)
             if best:
-                self.progress.best_distance = result["distance_to_real"]
+                self.progress.best_distance = result.distance_to_real
         spec = self.spec.to_dict()
         meta = {"step": step, "epoch": self.loader.epoch, "config": self.cfg.to_dict(), "spec": spec}
         folder = self.checkpointer.save(step, meta)
