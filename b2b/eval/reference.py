@@ -221,7 +221,7 @@ class RealReference:
             size = min(len(other.samples), len(samples))
             source["floor"] = f"{size} {source.get('split', 'real')} against {size} {other.split} samples"
         if groups is None:
-            source["songs"] = "not in the manifest: windows of one song may pair up; rebuild the shards"
+            source["songs"] = "not in the manifest: one song's windows may pair up; rerun `b2b shards build`"
         features = sample_features(samples, spec)
         return cls(spec, accumulator.result(), samples, features, train, source, two_sample, groups, floor)
 
