@@ -59,30 +59,30 @@ def true_fp32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-@pytest.fixture(scope="session")
-def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Shards built by the real builder from 12 LPD-format songs written with pypianoroll."""
+def write_tiny_lpd(folder: Path) -> Path:
+    """The 12 LPD-5 songs of 16 bars (LPD ``.npz`` files written with pypianoroll) the tiny shards hold."""
     from lpd_fixtures import write_lpd_tree
 
+    write_lpd_tree(folder, 12, seed=3, n_bars=16, tracks="lpd5")
+    return folder
+
+
+def build_tiny_shards(lpd: Path, out: Path) -> Path:
+    """The tiny shards of ``lpd`` (see write_tiny_lpd) built by the real builder into ``out``."""
     from b2b.cli.main import main
 
-    root = tmp_path_factory.mktemp("tiny")
-    write_lpd_tree(root / "lpd", 12, seed=3, n_bars=16, tracks="lpd5")
-    out = root / "shards"
-    code = main(
-        [
-            "shards",
-            "build",
-            "--source",
-            "lpd",
-            "--input",
-            str(root / "lpd"),
-            "--output",
-            str(out),
-            "--workers",
-            "1",
-            *TINY_SHARDS_ARGS,
-        ]
-    )
-    assert code == 0
+    argv = ["shards", "build", "--source", "lpd", "--input", str(lpd), "--output", str(out), "--workers", "1"]
+    assert main([*argv, *TINY_SHARDS_ARGS]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_lpd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 LPD-format songs written with pypianoroll (the source of tiny_shards)."""
+    return write_tiny_lpd(tmp_path_factory.mktemp("tiny") / "lpd")
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tiny_lpd: Path) -> Path:
+    """Shards built by the real builder from 12 LPD-format songs written with pypianoroll."""
+    return build_tiny_shards(tiny_lpd, tiny_lpd.parent / "shards")
