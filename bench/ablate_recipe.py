@@ -156,7 +156,7 @@ def evaluate(run: Path, shards: Path, wall: float, split: str = "train") -> dict
 
     from b2b.checkpoint.folder import read_meta
     from b2b.checkpoint.inference import load_generator
-    from b2b.cli.sample import generate, to_notes
+    from b2b.eval.generate import generate, to_notes
     from b2b.eval.reference import RealReference
 
     generator, spec, cfg = load_generator(run)
