@@ -100,13 +100,17 @@ class Runner:
         self.folder, self.log, self.preload, self.timeout = folder, folder / "zygote.log", preload, timeout
         self._zygote: subprocess.Popen | None = None
         self._pending = b""
+        self._requests = 0  # each request and both its replies carry its number
+        self._runs = 0  # each command writes its own stdout and stderr files
+        self._child = 0  # the command running now, if any
 
     def run(
         self, argv: list[str], cwd: Path, env: dict[str, str] | None = None, fresh: bool = False
     ) -> Outcome:
         """Run ``argv`` (``python``/``b2b`` resolved) in ``cwd``, ``env`` added to the command environment."""
         start = time.perf_counter()
-        out, err = self.folder / "stdout", self.folder / "stderr"
+        self._runs += 1
+        out, err = self.folder / f"{self._runs}.stdout", self.folder / f"{self._runs}.stderr"
         try:
             if fresh or not self.preload:
                 code = self._run_fresh(executable(argv), cwd, command_env(env), out, err)
@@ -153,7 +157,10 @@ class Runner:
                     stderr=log, env=command_env(),
                 )  # fmt: skip
             self._pending = b""
-            self._reply(None)  # "ready": everything is imported
+            ready = self._reply(None)  # everything is imported
+            if ready != {"ready": True}:
+                self.close()
+                raise RuntimeError(f"the fault runner's zygote started with {ready!r}; see {self.log}")
         return self._zygote
 
     def _reply(self, deadline: float | None) -> dict | None:
@@ -168,19 +175,45 @@ class Runner:
                 raise RuntimeError(f"the fault runner's zygote died; see {self.log}")
             self._pending += chunk
         line, self._pending = self._pending.split(b"\n", 1)
-        return json.loads(line)
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RuntimeError(f"the fault runner's zygote wrote {line[:200]!r}; see {self.log}") from exc
 
     def _run_forked(self, argv: list[str], cwd: Path, env: dict[str, str], out: Path, err: Path) -> int:
+        try:
+            return self._request(argv, cwd, env, out, err)
+        except BaseException:  # a reply left unread would answer the next request: start afresh
+            if self._child:
+                _kill_group(self._child)
+            if self._zygote is not None:
+                self._zygote.kill()
+                self._zygote.wait()
+                self._zygote = None
+            raise
+
+    def _request(self, argv: list[str], cwd: Path, env: dict[str, str], out: Path, err: Path) -> int:
         zygote = self._start_zygote()
-        request = {"argv": argv, "cwd": str(cwd), "env": env, "stdout": str(out), "stderr": str(err)}
+        self._requests += 1
+        request = {"id": self._requests, "argv": argv, "cwd": str(cwd), "env": env, "stdout": str(out),
+                   "stderr": str(err)}  # fmt: skip
         zygote.stdin.write(json.dumps(request).encode() + b"\n")
         zygote.stdin.flush()
-        pid = self._reply(None)["pid"]
+        self._child = pid = self._expect(self._reply(None), "pid")
         reply = self._reply(time.perf_counter() + self.timeout)
         if reply is None:  # past the timeout: the child leads its own session, so this kills what it started
             _kill_group(pid)
             reply = self._reply(None)
-        return reply["exit"]
+        self._child = 0
+        return self._expect(reply, "exit")
+
+    def _expect(self, reply: dict | None, key: str) -> int:
+        """``reply[key]`` if ``reply`` answers the request just sent; otherwise say what it answered."""
+        if reply is None or reply.get("id") != self._requests or key not in reply:
+            log = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+            raise RuntimeError(f"the fault runner's zygote answered {reply!r} to request "
+                               f"{self._requests} (expected its {key!r}); its log ends:\n{log}")  # fmt: skip
+        return reply[key]
 
 
 def _kill_group(pid: int) -> None:
@@ -197,6 +230,11 @@ def _kill_group(pid: int) -> None:
 def _serve() -> None:
     import importlib
 
+    # Replies go to a descriptor of their own: whatever an import or a process it starts prints to
+    # stdout goes to the log (stderr), so a stray line can never be read as a reply.
+    global _replies
+    _replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
     for name in PRELOAD:
         try:
             importlib.import_module(name)
@@ -208,15 +246,19 @@ def _serve() -> None:
         request = json.loads(line)
         pid = os.fork()
         if pid == 0:
+            _replies.close()  # the child is the command: it never writes a reply
             _child(request)  # never returns
-        _send({"pid": pid})
+        _send({"id": request["id"], "pid": pid})
         _, status = os.waitpid(pid, 0)
-        _send({"exit": os.waitstatus_to_exitcode(status)})
+        _send({"id": request["id"], "exit": os.waitstatus_to_exitcode(status)})
+
+
+_replies = sys.stdout  # the zygote's reply stream (set by _serve)
 
 
 def _send(message: dict) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
+    _replies.write(json.dumps(message) + "\n")
+    _replies.flush()
 
 
 def _child(request: dict) -> None:

@@ -84,3 +84,18 @@ def test_a_forked_command_shows_what_a_fresh_process_shows(how: str, runner: Run
             '    raise ValueError("boom")',
         ]
     assert forked.stderr.splitlines()[-1] == "exit handler ran"
+
+
+def test_a_command_past_its_timeout_is_killed_and_the_next_gets_its_own_answer(tmp_path: Path) -> None:
+    script, hanging = tmp_path / "command.py", tmp_path / "hang.py"
+    script.write_text(EXITING_SCRIPT)
+    hanging.write_text("import time\nprint('started', flush=True)\ntime.sleep(60)\n")
+    runner = Runner(tmp_path / "runner", timeout=3)
+    try:
+        hung = runner.run(["python", str(hanging)], tmp_path)
+        after = runner.run(["python", str(script), "3"], tmp_path)
+    finally:
+        runner.close()
+    assert (hung.exit, hung.stdout) == (-9, "started\n")
+    assert hung.seconds < 30
+    assert (after.exit, after.stdout) == (3, "to stdout\nthread finished\n")
