@@ -23,3 +23,9 @@ class CheckpointError(B2BError):
 
 class NonFiniteLoss(B2BError):
     """A loss became NaN or inf: the run stops, keeping its last good checkpoint."""
+
+
+def some_names(names: list[str], shown: int = 3) -> str:
+    """The first ``shown`` of ``names`` for a message, e.g. ``"a, b, c and 4 more"``."""
+    rest = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {rest} more" if rest > 0 else "")

@@ -200,6 +200,38 @@ def remove_first_sample(inputs: Inputs, folder: Path) -> None:
     min((folder / "samples").glob("sample-*.npz")).unlink()
 
 
+def foreign(*names: str) -> Setup:
+    """Files the user owns, ``{case}/name`` each, that no command may delete or change."""
+
+    def plant(inputs: Inputs, folder: Path) -> None:
+        for name in names:
+            write(name, f"the user's {name}\n")(inputs, folder)
+
+    return plant
+
+
+def foreign_intact(*names: str) -> Callable[[Path], str | None]:
+    """The files :func:`foreign` planted are there, unchanged."""
+
+    def check(folder: Path) -> str | None:
+        for name in names:
+            path = folder / name
+            if not path.is_file() or path.read_text() != f"the user's {name}\n":
+                return f"the user's file {name} was deleted or changed"
+        return None
+
+    return check
+
+
+def checkpoint_intact(folder: Path) -> str | None:
+    """Every file of ``{case}/step-2`` still has the digest its COMPLETE lists, and nothing was added."""
+    step = folder / "step-2"
+    listed = json.loads((step / "COMPLETE").read_text())["sha256"]
+    extra = sorted({p.name for p in step.iterdir()} - set(listed) - {"COMPLETE"})
+    changed = sorted(name for name, digest in listed.items() if file_sha256(step / name) != digest)
+    return f"the checkpoint changed: {changed or extra}" if changed or extra else None
+
+
 # ---------------------------------------------------------------------------------------------------
 # How the cases of each command are written
 
@@ -463,6 +495,11 @@ CASES: list[Case] = [
               "excluded, 0 files skipped)"),
     build("build-workers-0", "`--workers 0`", "--workers", "0",
           msg="--workers 0 is invalid: expected an integer >= 1"),
+    build("build-output-of-user-files", "`--output` holds the user's files (a `.cache/`, a `val-*.tar`), as "
+          "`--output .` in a home folder would", setup=(foreign("out/.cache/pip/f", "out/val-photos.tar"),),
+          check=foreign_intact("out/.cache/pip/f", "out/val-photos.tar"),
+          msg="--output '{case}/out' holds files that are not b2b shards (.cache, val-photos.tar); give a "
+              "new or empty folder for the shards"),
     build_from("build-no-npz", "input folder holds no .npz files", "lpd", {"notes.txt": b"nothing here"},
                msg="no .npz files under '{case}/in' (searched all subfolders)"),
     build_from("build-all-npz-corrupt", "every .npz file is corrupt (garbage bytes)", "lpd",
@@ -506,7 +543,7 @@ CASES: list[Case] = [
         "another build is writing to the same `--output` (its lock is held)",
         "shards", "build", "--source", "lpd", "--input", "{lpd}", "--output", "{case}/out",
         "{tiny_shards_args}", "--workers", "1", "--no-progress", prefix=SHARDS,
-        setup=(held_lock("{case}/out/.lock"),),
+        setup=(held_lock("{case}/out/.b2b-build/lock"),),
         msg="another `b2b shards build` is writing to '{case}/out'; wait for it to finish"),
     b2b("build-output-other-options", "shards build", "`--output` holds shards built with other options",
         "shards", "build", "--source", "lpd", "--input", "{lpd}", "--output", "{case}/out",
@@ -718,7 +755,16 @@ CASES: list[Case] = [
         "sample", "--checkpoint", "{export}", "--out", "{case}/file", "--n", "1", "--measure", "0",
         "--no-progress",
         prefix=SAMPLE, setup=(write("file", b"x"),),
-        msg="--out '{case}/file' is a file; give a folder for the samples"),
+        msg="--out '{case}/file' is a file; give a folder"),
+    sample("sample-out-not-empty", "`--out` holds files of the user's", "{export}",
+           setup=(foreign("out/notes.txt", "out/sample-000.mid"),),
+           check=foreign_intact("out/notes.txt", "out/sample-000.mid"),
+           msg="--out '{case}/out' holds files (notes.txt, sample-000.mid); pass --overwrite to replace "
+               "files of the same names, or choose another --out"),
+    sample("sample-out-in-checkpoint", "`--out` inside a checkpoint folder", "{case}/step-2",
+           "--out", "{case}/step-2/samples", setup=(checkpoint(),), check=checkpoint_intact,
+           msg="--out '{case}/step-2/samples' lies inside the checkpoint folder '{case}/step-2', which holds "
+               "only what training wrote; choose another --out"),
 
     # -- eval ---------------------------------------------------------------------------------------------
     evaluate("eval-nothing-to-evaluate", "nothing to evaluate (only `--data`)", "--data", "{shards}",
@@ -730,12 +776,31 @@ CASES: list[Case] = [
              msg=no_shards_at("no-shards")),
     evaluate("eval-real-n-0", "`--real-n 0`", "--real-only", "--data", "{shards}", "--real-n", "0",
              msg="--real-n must be at least 1, got 0"),
+    evaluate("eval-n-1", "`--n 1` (a set of one sample)", "--checkpoint", "{export}", "--data", "{shards}",
+             "--n", "1", "--out", "{case}/out", check=lambda folder: "an --out folder was left" if
+             (folder / "out").exists() else None,
+             msg="--n must be at least 2 to compare generated with real samples (diversity, precision/recall "
+                 "and the 1-NN test need pairs), got 1"),
+    evaluate("eval-real-n-1", "`--real-n 1` with generated samples", "--checkpoint", "{export}",
+             "--data", "{shards}", "--real-n", "1", "--out", "{case}/out",
+             msg="--real-n must be at least 2 to compare generated with real samples (diversity, "
+                 "precision/recall and the 1-NN test need pairs), got 1"),
     evaluate("eval-no-val-split", "`--split val` on shards without a val split",
              "--real-only", "--data", "{other_shards}", "--split", "val", "--out", "{case}/out",
              msg="{other_shards}/manifest.json lists no shards for split 'val'; it has shards for: train"),
     evaluate("eval-out-is-file", "`--out` is an existing file",
              "--real-only", "--data", "{shards}", "--out", "{case}/file", setup=(write("file", b"x"),),
-             msg="cannot create the output folder '{case}/file' (File exists); choose another with --out"),
+             msg="--out '{case}/file' is a file; give a folder"),
+    evaluate("eval-out-holds-a-report", "`--out` holds a `metrics.json` of the user's",
+             "--real-only", "--data", "{shards}", "--out", "{case}/out", setup=(foreign("out/metrics.json"),),
+             check=foreign_intact("out/metrics.json"),
+             msg="--out '{case}/out' already holds (metrics.json); pass --overwrite to replace files of the "
+                 "same names, or choose another --out"),
+    evaluate("eval-out-in-checkpoint", "`--out` inside a checkpoint folder",
+             "--real-only", "--data", "{shards}", "--out", "{case}/step-2/report", setup=(checkpoint(),),
+             check=checkpoint_intact,
+             msg="--out '{case}/step-2/report' lies inside the checkpoint folder '{case}/step-2', which "
+                 "holds only what training wrote; choose another --out"),
     evaluate("eval-data-other-spec", "`--checkpoint` with `--data` of another roll spec",
              "--checkpoint", "{export}", "--data", "{other_shards}", "--n", "8", "--out", "{case}/out",
              msg="the generated samples differ from the samples in {other_shards} (shape [5, 16, 48] vs "
@@ -779,7 +844,20 @@ CASES: list[Case] = [
                                                                               f"{NOT_A_CHECKPOINT}"),
     export("export-out-under-file", "`--out` lies under a file",
            "--checkpoint", "{run}", "--out", "{case}/file/gen.safetensors", setup=(write("file", b"x"),),
-           msg="--out '{case}/file/gen.safetensors': cannot create its folder (File exists)"),
+           msg="--out '{case}/file/gen.safetensors' cannot be created: '{case}/file' is a file"),
+    export("export-out-exists", "`--out` is an existing file of the user's",
+           "--checkpoint", "{run}", "--out", "{case}/gen.safetensors", setup=(foreign("gen.safetensors"),),
+           check=foreign_intact("gen.safetensors"),
+           msg="--out '{case}/gen.safetensors' already exists; pass --overwrite to replace it, or choose "
+               "another --out"),
+    export("export-over-the-checkpoint", "`--out` is the checkpoint's own `ema.pt`",
+           "--checkpoint", "{case}/step-2", "--out", "{case}/step-2/ema.pt", "--overwrite",
+           setup=(checkpoint(),), check=checkpoint_intact,
+           msg="--out '{case}/step-2/ema.pt' lies inside the checkpoint folder '{case}/step-2', which holds "
+               "only what training wrote; choose another --out"),
+    export("export-out-is-folder", "`--out` is an existing folder",
+           "--checkpoint", "{run}", "--out", "{case}/models", setup=(mkdir("models"),),
+           msg="--out '{case}/models' is a folder; give a file name, e.g. '{case}/models/gen.safetensors'"),
 
     # -- describe -----------------------------------------------------------------------------------------
     describe("describe-no-shape", "no shards and no `data.shape`", "data.shards={dir}/no-shards",

@@ -209,6 +209,35 @@ class _GalleryHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+def test_outputs_are_replaced_only_with_overwrite(setup, tmp_path, capsys):
+    """export, sample and eval refuse what exists; with --overwrite they replace their own files only."""
+    gen = tmp_path / "gen.safetensors"
+    export = ["export", "--checkpoint", str(setup["checkpoint"]), "--out", str(gen)]
+    gen.write_bytes(b"the user's")
+    assert main(export) == 2 and gen.read_bytes() == b"the user's"
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert main([*export, "--overwrite"]) == 0 and gen.read_bytes()[:8] != b"the user"
+
+    out = tmp_path / "samples"
+    out.mkdir()
+    (out / "mine.txt").write_text("kept")
+    (out / "sample-000.npz").write_bytes(b"old")
+    sample = ["sample", "--checkpoint", str(gen), "--n", "2", "--out", str(out), "--synth", "fallback"]
+    assert main(sample) == 2 and (out / "sample-000.npz").read_bytes() == b"old"
+    assert main([*sample, "--overwrite"]) == 0
+    assert (out / "mine.txt").read_text() == "kept"
+    with np.load(out / "sample-000.npz") as npz:
+        assert np.array_equal(npz["probs"], generate(setup["ema"].eval(), 2, seed=0)[0])
+
+    report = tmp_path / "report"
+    evaluate = ["eval", "--samples", str(out), "--data", str(setup["shards"]), "--out", str(report)]
+    report.mkdir()
+    (report / "notes.md").write_text("kept")  # not a name eval writes: no --overwrite needed
+    assert main(evaluate) == 0 and (report / "metrics.json").is_file()
+    assert main(evaluate) == 2 and "already holds (metrics.json, metrics.md" in capsys.readouterr().err
+    assert main([*evaluate, "--overwrite"]) == 0 and (report / "notes.md").read_text() == "kept"
+
+
 def test_gallery_loads_in_headless_chromium(samples, tmp_path):
     chromium = _find_chromium()
     if chromium is None:
@@ -343,7 +372,7 @@ def test_real_only_without_lpd5_has_no_reference(setup, tmp_path, capsys):
 def test_eval_errors_are_one_clear_line(setup, samples, tmp_path, capsys):
     other = RollSpec(LPD5_TRACKS, n_bars=2, steps_per_bar=16, n_pitches=24, lowest_pitch=48)
     wrong = write_shards(tmp_path / "wrong", other, {"val": np.zeros((1, *other.shape), bool)})
-    assert main(["eval", "--samples", str(samples), "--data", str(wrong)]) == 2
+    assert main(["eval", "--samples", str(samples), "--data", str(wrong), "--overwrite"]) == 2
     assert "compare with the corpus the model was trained on" in capsys.readouterr().err
     assert main(["eval", "--samples", str(tmp_path), "--data", str(setup["shards"])]) == 2
     assert (

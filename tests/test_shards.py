@@ -21,6 +21,7 @@ from lpd_fixtures import BAR, msd_id, notes_to_midi, rasterize, song_notes, writ
 
 from b2b.cli.main import main
 from b2b.data.codec import decode_roll, encode_roll
+from b2b.data.output_folder import OutputFolder
 from b2b.data.shards import assign_splits, tar_bytes
 from b2b.data.windows import WindowParams, count_onsets, song_windows, window_starts
 from b2b.spec import CHORALE_TRACKS, LPD17_TRACKS, RollSpec
@@ -199,7 +200,7 @@ def test_killed_build_resumes_without_rewriting_complete_shards(tmp_path):
     child.wait()
     assert not (out / "manifest.json").exists(), "the build finished before it could be killed"
     done = sorted(out.glob("*.tar"))
-    assert len(done) >= 3 and any((out / ".cache").iterdir())
+    assert len(done) >= 3 and any((out / ".b2b-build" / "cache").iterdir())
     for path in done:  # a tar under a final name is always complete
         with tarfile.open(path) as tar:
             assert len([decode_roll(tar.extractfile(m).read(), (17, 192, 84)) for m in tar]) == 4
@@ -210,7 +211,7 @@ def test_killed_build_resumes_without_rewriting_complete_shards(tmp_path):
     )
     assert main(["shards", "build", *args, "--output", str(ref)]) == 0
     assert {k: v[2] for k, v in snapshot(out).items()} == {k: v[2] for k, v in snapshot(ref).items()}
-    assert not (out / ".cache").exists() and not list(out.glob("*.tmp"))
+    assert not (out / ".b2b-build").exists() and not list(out.glob(".*.tmp-*"))
 
 
 def test_bad_files_are_skipped_listed_and_warned(lpd, tmp_path, capsys):
@@ -265,6 +266,67 @@ def test_overwrite_replaces_shards_built_with_other_options(lpd, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert sorted(p.name for p in out.glob("*.tar")) == sorted(r["name"] for r in manifest["shards"])
     assert manifest["params"]["shard_size"] == 50 and len(manifest["shards"]) == 2
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """relative path -> content of every file under ``folder``."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_folder_of_other_files_is_refused_and_left_as_it_was(tmp_path, capsys):
+    out = tmp_path / "home"
+    (out / ".cache" / "x").mkdir(parents=True)
+    (out / ".cache" / "x" / "f").write_text("k")
+    (out / "val-photos.tar").write_text("k")
+    (out / ".lock").write_text("k")
+    before = tree(out)
+    assert build("--source", "demo", "--output", out, "--limit", 2) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"b2b shards: error: --output {str(out)!r} holds files that are not b2b shards (.cache, .lock, "
+        "val-photos.tar); give a new or empty folder for the shards"
+    )
+    assert tree(out) == before and sorted(p.name for p in out.iterdir()) == [
+        ".cache",
+        ".lock",
+        "val-photos.tar",
+    ]
+
+
+def test_a_rebuild_removes_only_the_shards_b2b_wrote(lpd, tmp_path):
+    out = tmp_path / "out"
+    common = ("--source", "lpd", "--input", lpd["src"], "--output", out, "--limit", 4)
+    assert build(*common, "--shard-size", 2) == 0
+    foreign = {".cache/x/f": b"model cache", "val-photos.tar": b"photos", "train-notes.tar": b"notes",
+               ".lock": b"", "notes.txt": b"mine", ".train-00009.tar.tmp-1": b"not b2b's"}  # fmt: skip
+    for name, data in foreign.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(data)
+    assert build(*common, "--shard-size", 50, "--overwrite") == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    listed = {r["name"] for r in manifest["shards"]}
+    assert len(listed) == 2
+    left = tree(out)
+    assert {name: left[name] for name in foreign} == foreign  # every foreign file intact
+    assert set(left) == {*foreign, *listed, "manifest.json"}  # and only the old shards gone
+
+
+def test_old_shards_are_journalled_before_their_manifest_goes(lpd, tmp_path):
+    """A build killed after it removed the old manifest still knows, on its rerun, the old shards it owns."""
+    out = tmp_path / "out"
+    assert (
+        build("--source", "lpd", "--input", lpd["src"], "--output", out, "--limit", 4, "--shard-size", 2) == 0
+    )
+    old = {r["name"] for r in json.loads((out / "manifest.json").read_text())["shards"]}
+    (out / "keep.txt").write_text("mine")
+    killed = OutputFolder(out)
+    killed.before_write(out / "train-00000.tar")  # the first write of a new build
+    killed.close()  # killed here: no finish
+    assert not (out / "manifest.json").exists()
+    assert sorted((out / ".b2b-build" / "journal").read_text().split()) == sorted(old)
+    rerun = OutputFolder(out)  # its scratch folder marks the output as b2b's
+    rerun.finish({"shards": [{"name": "train-00000.tar"}]})
+    rerun.close()
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt", "manifest.json", "train-00000.tar"]
 
 
 @pytest.mark.parametrize(

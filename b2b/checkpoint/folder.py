@@ -67,6 +67,24 @@ def latest_checkpoint(run_path: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def enclosing_checkpoint(path: str | Path) -> Path | None:
+    """The checkpoint folder (or a run's ``checkpoints/`` folder) that ``path`` is or lies in, if any.
+
+    A checkpoint holds exactly what training wrote (its ``COMPLETE`` lists every file's digest), so no
+    command writes inside one.
+    """
+    path = Path(os.path.abspath(path))
+    for folder in (path, *path.parents):
+        in_checkpoints = folder.parent.name == "checkpoints"
+        if (folder / META).is_file() or (folder / COMPLETE).is_file():
+            return folder
+        if in_checkpoints and (_STEP_DIR.match(folder.name) or folder.name == BEST):
+            return folder
+        if folder.name == "checkpoints" and complete_checkpoints(folder.parent):
+            return folder
+    return None
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A complete checkpoint folder from a checkpoint folder or a run folder (its latest one).
 

@@ -72,10 +72,7 @@ def export_generator(checkpoint: str | Path, out: str | Path, use_ema: bool = Tr
     generator, spec, cfg = load_generator(checkpoint, use_ema)
     checkpoint = resolve_checkpoint(checkpoint)
     out = Path(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CheckpointError(f"--out {str(out)!r}: cannot create its folder ({exc.strerror})") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
     metadata = {
         "b2b_config": json.dumps(cfg.to_dict()),
         "b2b_spec": json.dumps(spec.to_dict()),

@@ -19,6 +19,7 @@ import numpy as np
 from b2b.atomic import write_text
 from b2b.checkpoint.folder import read_meta, resolve_checkpoint
 from b2b.checkpoint.inference import load_generator
+from b2b.cli.outputs import claim_output
 from b2b.data.manifest import pick_split, read_manifest, shards_spec, song_groups
 from b2b.errors import B2BError, DataError
 from b2b.eval.corpus import corpus_statistics, musegan_reference, render_table, save_ssm_plot, table_rows
@@ -75,8 +76,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", help="output folder (default: next to the samples, checkpoint or shards)")
     parser.add_argument(
+        "--overwrite", action="store_true", help="replace the report files of an earlier eval in --out"
+    )
+    parser.add_argument(
         "--device", default="auto", help="torch device for generating (default: cuda if present)"
     )
+
+
+REPORT_FILES = ("metrics.json", "metrics.md", "ssm.png")
+# The set measures (diversity, k-NN precision and recall, the 1-NN test) compare each sample with others.
+MIN_SET = 2
 
 
 def _default_out(args: argparse.Namespace, data: str) -> Path:
@@ -159,10 +168,18 @@ def run(args: argparse.Namespace) -> int:
     for name in ("n", "real_n", "train_n"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise B2BError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for name in ("n", "real_n") if not args.real_only else ():
+        value = getattr(args, name)
+        if value is not None and value < MIN_SET:
+            raise B2BError(
+                f"--{name.replace('_', '-')} must be at least {MIN_SET} to compare generated with real "
+                f"samples (diversity, precision/recall and the 1-NN test need pairs), got {value}"
+            )
     data = _data_of(args)
     real_spec = shards_spec(data)
     split = pick_split(data, args.split)
     out = Path(args.out) if args.out else _default_out(args, data)
+    claim_output(out, folder=True, overwrite=args.overwrite, names=REPORT_FILES)
 
     rolls = None
     if not args.real_only:
@@ -173,15 +190,21 @@ def run(args: argparse.Namespace) -> int:
                 f"({spec_difference(spec, real_spec)}, generated vs real): compare with the corpus the model "
                 "was trained on"
             )
+        if len(rolls) < MIN_SET:
+            raise DataError(
+                f"{args.samples} holds {len(rolls)} sample; eval compares sets of at least {MIN_SET}: "
+                f"run `b2b sample --n {MIN_SET}` or more"
+            )
         gen_ssm = self_similarity(rolls, spec)
     kept = len(rolls) if rolls is not None else DIVERSITY_N
     accumulator, real_ssm, real_first = corpus_statistics(data, real_spec, split, args.real_n, kept)
     real = accumulator.result()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        message = f"cannot create the output folder {str(out)!r} ({exc.strerror}); choose another with --out"
-        raise B2BError(message) from None
+    if rolls is not None and real["n_samples"] < MIN_SET:
+        raise DataError(
+            f"the {split} split of {data} holds {real['n_samples']} sample; eval compares sets of at least "
+            f"{MIN_SET}: use --split train or build the shards with more songs"
+        )
+    out.mkdir(parents=True, exist_ok=True)
     report: dict = {"real": real, "real_source": {"shards": str(data), "split": split}}
 
     if rolls is None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from b2b.atomic import write_text
 from b2b.checkpoint.folder import read_meta
 from b2b.checkpoint.inference import load_generator
+from b2b.cli.outputs import claim_output
 from b2b.data.manifest import shards_spec
 from b2b.errors import B2BError, DataError
 from b2b.eval.gallery import gallery_html, render_samples, save_comparison
@@ -34,8 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a checkpoint folder, a run folder (its latest) or an exported .safetensors",
     )
     parser.add_argument("--n", type=int, default=8, help="number of samples (default 8)")
+    parser.add_argument("--out", required=True, help="output folder (created; an existing one must be empty)")
     parser.add_argument(
-        "--out", required=True, help="output folder (created; files of the same names are replaced)"
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty --out, replacing files of the same names (default: refuse)",
     )
     parser.add_argument(
         "--threshold", type=float, help="a cell is a note from this probability on (default: the run's)"
@@ -109,10 +113,9 @@ def run(args: argparse.Namespace) -> int:
         raise B2BError(f"--sample-rate must be in 1000..384000 samples per second, got {args.sample_rate}")
     if args.n < 1:
         raise B2BError(f"--n must be at least 1, got {args.n}")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise B2BError(f"--out {args.out!r} is a file; give a folder for the samples")
     if args.measure < 0:
         raise B2BError(f"--measure must be 0 (off) or a number of samples, got {args.measure}")
+    out = claim_output(args.out, folder=True, overwrite=args.overwrite)
     generator, spec, cfg = load_generator(args.checkpoint, use_ema=not args.no_ema)
     threshold = cfg.train.threshold if args.threshold is None else args.threshold
     data = _real_data(args.data, cfg, spec)
@@ -120,7 +123,6 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     probs = generate(generator, max(args.n, measure), args.seed, device)
     rolls = to_notes(probs, generator.output, threshold, args.seed, args.bernoulli)
-    out = Path(args.out)
     settings = dict(tempo=args.tempo, sample_rate=args.sample_rate, synth=args.synth, progress=args.progress)
     entries = render_samples(
         rolls[: args.n], spec, out, probs=probs[: args.n], threshold=threshold, **settings

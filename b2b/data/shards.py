@@ -8,18 +8,19 @@ not depend on the number of workers or on which finishes first.
 
 Why a rerun is byte-identical and resumable: tars are written with fixed headers (mtime 0, uid/gid 0,
 no user names) under a temporary name then renamed, so no partial tar ever has a final name; a shard
-whose file
-already holds exactly the expected bytes is left untouched; each song's windows are cached under
-``OUTPUT/.cache/`` (keyed by the file's content hash and the window parameters) so a rerun after a kill
-skips the songs already done; ``manifest.json`` is written last, atomically, and marks a finished build.
+whose file already holds exactly the expected bytes is left untouched; each song's windows are cached
+under ``OUTPUT/.b2b-build/cache/`` (keyed by the file's content hash and the window parameters) so a
+rerun after a kill skips the songs already done; ``manifest.json`` is written last, atomically, and
+marks a finished build.
+
+What a build may remove: only what it wrote (:class:`b2b.data.output_folder.OutputFolder`); it refuses
+an ``--output`` that holds files but no b2b shards.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
-import json
 import os
 import shutil
 import sys
@@ -29,9 +30,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from b2b.atomic import file_sha256, write_bytes, write_text
+from b2b.atomic import file_sha256, write_bytes
 from b2b.data.codec import ENCODING, SUFFIX
-from b2b.data.manifest import MANIFEST
+from b2b.data.output_folder import OutputFolder
 from b2b.data.song_task import SongResult, _params_dict, _Task, process_song
 from b2b.data.sources import (
     SongFile,
@@ -191,79 +192,6 @@ def _validate(opts: BuildOptions) -> None:
         raise DataError(f"--output {str(opts.output)!r} cannot be created: {str(blocking)!r} is a file")
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _describe_change(old: dict, new: dict) -> str:
-    keys = sorted(set(old) | set(new))
-    return ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k))
-
-
-class _OutputFolder:
-    """The output folder: its lock, the manifest of a previous build, and clean-up after success."""
-
-    def __init__(self, out: Path):
-        self.out = out
-        out.mkdir(parents=True, exist_ok=True)
-        self._lock = open(out / ".lock", "w")  # held (and flock-ed) for the whole build
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._lock.close()
-            raise DataError(
-                f"another `b2b shards build` is writing to {str(out)!r}; wait for it to finish"
-            ) from None
-        self.manifest_path = out / MANIFEST
-
-    def check_previous(self, params: dict, source: dict, overwrite: bool) -> None:
-        """Refuse to mix with shards of other options (unless ``overwrite``: then drop their manifest)."""
-        old = _read_json(self.manifest_path) if self.manifest_path.exists() else None
-        if old is not None:
-            old_head = {
-                **old.get("params", {}),
-                "source": old.get("source", {}).get("kind"),
-                "input": old.get("source", {}).get("input"),
-            }
-            new_head = {**params, "source": source["kind"], "input": source["input"]}
-            if old_head != new_head:
-                if not overwrite:
-                    raise DataError(
-                        f"{str(self.out)!r} already holds shards built with other options "
-                        f"({_describe_change(old_head, new_head)}); pass --overwrite to replace them, "
-                        f"or choose another --output"
-                    )
-
-    def invalidate(self, path: Path | None = None) -> None:
-        """Remove the manifest before the first tar is written, so no reader sees old and new mixed
-        (a rerun that finds every shard complete writes none and keeps it)."""
-        if self.manifest_path.exists():
-            self.manifest_path.unlink()
-
-    def finish(self, manifest: dict) -> None:
-        """Write the manifest (if it changed), then remove leftovers: old shards, temporaries, the cache."""
-        text = json.dumps(manifest, indent=1) + "\n"
-        if not (self.manifest_path.is_file() and self.manifest_path.read_text() == text):
-            write_text(self.manifest_path, text)
-        listed = {s["name"] for s in manifest["shards"]}
-        for path in self.out.iterdir():
-            stale_tar = (
-                path.suffix == ".tar"
-                and path.name.split("-")[0] in ("train", "val")
-                and path.name not in listed
-            )
-            if stale_tar or (path.name.startswith(".") and ".tmp-" in path.name):
-                path.unlink()
-        shutil.rmtree(self.out / ".cache", ignore_errors=True)
-
-    def close(self) -> None:
-        self._lock.close()
-        (self.out / ".lock").unlink(missing_ok=True)
-
-
 def _results(tasks: list[_Task], workers: int) -> Iterator[SongResult]:
     """Results in task order from ``workers`` spawned processes (spawn: safe in a process with threads).
 
@@ -332,16 +260,15 @@ def build_shards(opts: BuildOptions) -> BuildReport:
         "shard_size": opts.shard_size,
         "limit": opts.limit,
     }
-    folder = _OutputFolder(opts.output)
+    folder = OutputFolder(opts.output)
     try:
         folder.check_previous(params, source, opts.overwrite)
-        cache = opts.output / ".cache"
-        cache.mkdir(exist_ok=True)
+        cache = folder.cache
         splits = assign_splits([f.group for f in files], opts.val_fraction, opts.seed)
         ordered = song_order(files, opts.seed)
         tasks = [_Task(opts.source, str(f.path), f.rel, opts.params, str(cache)) for f in ordered]
         writers = {
-            s: ShardWriter(opts.output, s, opts.shard_size, folder.invalidate) for s in ("train", "val")
+            s: ShardWriter(opts.output, s, opts.shard_size, folder.before_write) for s in ("train", "val")
         }
         skipped: list[dict] = []
         excluded: Counter[str] = Counter()
