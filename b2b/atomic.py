@@ -1,16 +1,20 @@
 """Writing files so that readers see the old one or the whole new one, never half of it.
 
 Every writer of b2b goes through here: a file is written under a temporary name in the same folder,
-flushed to disk, and renamed over its final name; a failed write removes the temporary file.
+flushed to disk, and renamed over its final name; a failed write removes the temporary file. The one
+kind of file that is appended to instead, a log of JSON lines, is read with :func:`read_json_lines`,
+which drops a line that a kill or a full disk cut off.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +82,38 @@ def fsync_dir(path: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True)
+class JsonLines:
+    """A JSON-lines log as read back: its whole records, and the lines that were not one."""
+
+    lines: list[str]  # the records' lines, as written
+    rows: list[dict]  # the same, parsed
+    dropped: list[int]  # numbers (from 1) of the lines that are not a JSON object
+    total: int  # lines in the file, blank ones included
+
+
+def read_json_lines(path: str | Path) -> JsonLines:
+    """Read an append-only log of one JSON object per line, dropping lines that are not one.
+
+    An append cut off by a kill or a full disk leaves a partial last line, which no later append
+    completes; such a line (or any other that does not parse as a JSON object) is dropped, and its
+    number is returned so that the caller can say so.
+    """
+    text = Path(path).read_bytes().decode("utf-8", errors="replace")
+    lines, rows, dropped = [], [], []
+    numbered = list(enumerate(text.splitlines(), 1))
+    for number, line in numbered:
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict):
+            lines.append(line)
+            rows.append(row)
+        else:
+            dropped.append(number)
+    return JsonLines(lines, rows, dropped, len(numbered))

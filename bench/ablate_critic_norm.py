@@ -29,6 +29,7 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
+from b2b.atomic import read_json_lines
 from b2b.checkpoint.folder import read_meta
 
 REPO = Path(__file__).resolve().parent.parent
@@ -83,7 +84,7 @@ def train(root: Path, norm: str, seed: int, args: argparse.Namespace) -> float:
 
 def summarize(folder: Path) -> dict:
     """What one run's metrics.jsonl and real_metrics.json say about it."""
-    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    rows = read_json_lines(folder / "metrics.jsonl").rows
     config = yaml.safe_load((folder / "config.yaml").read_text())
     samples_per_step = (
         config["loss"]["n_critic"] * config["data"]["batch_size"] * config["train"]["grad_accum"]

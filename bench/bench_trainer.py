@@ -34,7 +34,6 @@ import copy
 import cProfile
 import io
 import itertools
-import json
 import os
 import pstats
 import statistics
@@ -46,6 +45,8 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
+
+from b2b.atomic import read_json_lines
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "configs" / "demo.yaml"
@@ -297,7 +298,7 @@ def launch(nproc: int, args: argparse.Namespace, run_dir: Path, port: int) -> li
     )
     if result.returncode != 0:
         raise SystemExit(f"{nproc}-process run failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
-    lines = [json.loads(x) for x in (run_dir / name / "metrics.jsonl").read_text().splitlines()]
+    lines = read_json_lines(run_dir / name / "metrics.jsonl").rows
     return [x["samples_per_s"] for x in lines if "samples_per_s" in x]
 
 

@@ -204,6 +204,34 @@ def test_the_learning_rate_follows_the_config_after_a_resume(tiny_shards: Path, 
     )
 
 
+def test_a_torn_last_line_of_metrics_jsonl_is_dropped_and_the_run_resumes(
+    tiny_shards: Path, tmp_path: Path
+) -> None:
+    """A run killed while appending step 4's line (before step 4's checkpoint): the part of the line on
+    disk is stood in for by cutting the last 40 bytes off (what ``truncate -s -40`` does; a kill or a full
+    disk can leave any prefix of a line, which test_tracking checks byte by byte). The same command
+    resumes from step 3, says in one line what it dropped, and logs step 4 again, as the first run did."""
+    args = overrides(tiny_shards, tmp_path, "torn", train__steps=4, checkpoint__every=1, checkpoint__keep=10)
+    first = train(args, tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    run = tmp_path / "torn"
+    metrics = run / "metrics.jsonl"
+    whole = metrics.read_text()
+    shutil.rmtree(run / "checkpoints" / "step-4")
+    metrics.write_text(whole[:-40])
+    second = train(args, tmp_path)
+    assert second.returncode == 0, second.stderr[-2000:]
+    warnings = [line for line in second.stderr.splitlines() if "metrics.jsonl" in line]
+    assert warnings == [
+        f"b2b train: warning: {metrics}: dropped 1 of 4 lines that are not a whole JSON record, line 4 (the "
+        "last: a write cut off by a kill or a full disk); the run goes on"
+    ]
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+    assert [row["d_loss"] for row in rows] == [json.loads(line)["d_loss"] for line in whole.splitlines()]
+    assert status(run)["state"] == "finished"
+
+
 # ---------------------------------------------------------------------------------------------------
 # Damaged checkpoints
 

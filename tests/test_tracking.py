@@ -32,7 +32,9 @@ import pytest
 import torch
 from test_train import overrides
 
+from b2b.atomic import read_json_lines
 from b2b.checkpoint.inference import load_generator
+from b2b.training.trackers import wandb_run_id
 
 STEPS = 4
 N_SNAPSHOT = 3
@@ -412,3 +414,38 @@ def test_a_terminal_gets_a_progress_bar(tiny_shards: Path, tmp_path: Path) -> No
         "data": f"{last['data_wait']:.0%}",
         "smp/s": f"{last['samples_per_s']:.0f}",
     }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Logs that resume reads, after a torn write
+
+
+def test_every_prefix_of_a_torn_last_line_is_dropped_and_the_whole_lines_kept(tmp_path: Path) -> None:
+    """A kill or a full disk during an append leaves any prefix of the line: each one, cut byte by byte."""
+    whole = [json.dumps({"step": 1, "d_loss": 0.5}), json.dumps({"step": 2, "d_loss": -1.25, "note": "é"})]
+    last = (json.dumps({"step": 3, "d_loss": 2.0, "music/in_key": 0.875}) + "\n").encode()
+    path = tmp_path / "metrics.jsonl"
+    for cut in range(len(last) + 1):
+        path.write_bytes(("\n".join(whole) + "\n").encode() + last[:cut])
+        log = read_json_lines(path)
+        complete = cut >= len(last) - 1  # the whole record, with or without its newline
+        assert log.lines == whole + ([last.decode().strip()] if complete else [])
+        assert [row["step"] for row in log.rows] == ([1, 2, 3] if complete else [1, 2])
+        assert log.dropped == ([] if complete or cut == 0 else [3])
+    path.write_text('{"step": 1}\n[1, 2]\n\n{"step": 3}\n')  # a line that is JSON but not a record
+    log = read_json_lines(path)
+    assert [row["step"] for row in log.rows] == [1, 3] and log.dropped == [2] and log.total == 4
+
+
+def test_a_damaged_wandb_id_is_replaced_with_one_warning(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "wandb_id.txt"
+    path.write_text("3f2a9c01b7de\n")
+    assert wandb_run_id(tmp_path) == "3f2a9c01b7de" and capsys.readouterr().err == ""
+    for damaged in (b"", b"\x00\x00\x00", b"3f2a9c\n01b7de\n"):
+        path.write_bytes(damaged)
+        new = wandb_run_id(tmp_path)
+        assert re.fullmatch(r"[0-9a-f]{12}", new) and path.read_text() == new + "\n"
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith(f"b2b train: warning: {path} holds no W&B run id (")
+        assert line.endswith(f"); continuing as the new W&B run {new}")
+        assert wandb_run_id(tmp_path) == new  # stored: the next resume continues it

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from b2b.atomic import write_text
+from b2b.atomic import read_json_lines, write_text
 from b2b.config import Config
 from b2b.eval.reference import Comparison, structure_table, summary_line, voice_table
 from b2b.eval.render import phrase_audio, save_midi, save_roll_grid, save_wav
@@ -209,10 +209,25 @@ def _plain(value: Any) -> Any:
 
 
 def _truncate_after(path: Path, step: int) -> None:
-    """Drop metrics.jsonl lines past ``step``: a resumed run rewrites them, so each step appears once."""
+    """Drop metrics.jsonl lines past ``step``: a resumed run rewrites them, so each step appears once.
+
+    A line that is not a whole record (an append cut off by a kill or a full disk) is dropped too, with
+    one warning: the steps it recorded are rerun from the checkpoint and logged again.
+    """
     if not path.is_file():
         return
+    log = read_json_lines(path)
+    if log.dropped:
+        where = ", ".join(map(str, log.dropped[:5])) + (" ..." if len(log.dropped) > 5 else "")
+        last = " (the last: a write cut off by a kill or a full disk)" if log.dropped[-1] == log.total else ""
+        print(
+            f"b2b train: warning: {path}: dropped {len(log.dropped)} of {log.total} lines that are not a "
+            f"whole JSON record, line {where}{last}; the run goes on",
+            file=sys.stderr,
+        )
     kept = [
-        line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step
+        line
+        for line, row in zip(log.lines, log.rows, strict=True)
+        if not isinstance(row.get("step"), int) or row["step"] <= step
     ]
     write_text(path, "".join(line + "\n" for line in kept))

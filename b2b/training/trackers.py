@@ -8,6 +8,8 @@ logs snapshot media (a piano-roll image and its audio) the way each one takes th
 from __future__ import annotations
 
 import os
+import re
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,12 +22,29 @@ from b2b.config import Config
 SAMPLE_RATE = 22050  # snapshot audio
 
 
+# What W&B accepts as a run id (it refuses / \\ # ? % : and whitespace); b2b writes 12 hex digits.
+WANDB_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+
 def wandb_run_id(run_path: Path) -> str:
-    """The W&B run id of this run folder, created once, so a resumed or requeued run continues it."""
+    """The W&B run id of this run folder, created once, so a resumed or requeued run continues it.
+
+    The file is written atomically, so only something else can damage it (an empty or edited file); such
+    a file is replaced by a new id, with one warning, and the run goes on as a new W&B run.
+    """
     path = run_path / "wandb_id.txt"
     if path.is_file():
-        return path.read_text().strip()
-    run_id = uuid.uuid4().hex[:12]
+        stored = path.read_bytes().decode("utf-8", errors="replace").strip()
+        if WANDB_ID.fullmatch(stored):
+            return stored
+        run_id = uuid.uuid4().hex[:12]
+        print(
+            f"b2b train: warning: {path} holds no W&B run id ({stored[:40]!r}); continuing as the new W&B "
+            f"run {run_id}",
+            file=sys.stderr,
+        )
+    else:
+        run_id = uuid.uuid4().hex[:12]
     write_text(path, run_id + "\n")
     return run_id
 
