@@ -346,6 +346,10 @@ def _check_consistency(cfg: Config) -> None:
         value = getattr(getattr(cfg, section) if section else cfg, field_name)
         if any(ord(ch) < 32 for ch in value):
             raise ConfigError(f"{key}: {value!r} contains a newline or control character")
+    for key, example in (("data.shards", "data.shards=shards/demo"), ("run_dir", "run_dir=runs")):
+        section, _, field_name = key.rpartition(".")
+        if not getattr(getattr(cfg, section) if section else cfg, field_name).strip():
+            raise ConfigError(f"{key} is empty: give a folder, e.g. {example}")
     if not SAFE_NAME.fullmatch(cfg.name) or cfg.name in (".", ".."):
         raise ConfigError(
             f"name: {cfg.name!r} is not a safe folder name: use letters, digits, '.', '_' and '-' "

@@ -189,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_GPUS_PER_NODE = 64  # more than any node has; a larger number is a typo
+MAX_MINUTES = 366 * 24 * 60
+
+
 def _check_numbers(args: argparse.Namespace) -> None:
     for flag, value, low in [
         ("--nodes", args.nodes, 1), ("--gpus-per-node", args.gpus_per_node, 0), ("--time", args.time, 1),
@@ -197,6 +201,12 @@ def _check_numbers(args: argparse.Namespace) -> None:
     ]:  # fmt: skip
         if value is not None and value < low:
             raise B2BError(f"{flag} {value}: must be at least {low}")
+    for flag, value, high, why in [
+        ("--gpus-per-node", args.gpus_per_node, MAX_GPUS_PER_NODE, "GPUs per node"),
+        ("--time", args.time, MAX_MINUTES, "minutes (a year; Slurm's own limit is the partition's MaxTime)"),
+    ]:  # fmt: skip
+        if value > high:
+            raise B2BError(f"{flag} {value}: at most {high} {why}")
     if args.signal_delay >= args.time * 60:
         raise B2BError(
             f"--signal-delay {args.signal_delay} s must be shorter than --time {args.time} min, "

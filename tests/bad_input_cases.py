@@ -143,6 +143,16 @@ def truncate_run_file(run: str, name: str) -> Setup:
     return plant
 
 
+def rename_run_step(run: str, name: str) -> Setup:
+    """``{runs}/run/checkpoints/step-2`` renamed to ``name``."""
+
+    def plant(inputs: Inputs, folder: Path) -> None:
+        steps = inputs.paths["runs"] / run / "checkpoints"
+        (steps / "step-2").rename(steps / name)
+
+    return plant
+
+
 def run_trained_on(run: str, shards: str) -> Setup:
     """``{runs}/run``'s latest checkpoint says it trained on ``{dir}/shards`` (which does not exist)."""
 
@@ -198,6 +208,25 @@ def only_val_split(values: dict) -> None:
 
 def remove_first_sample(inputs: Inputs, folder: Path) -> None:
     min((folder / "samples").glob("sample-*.npz")).unlink()
+
+
+def midi_with_division(division: int) -> Setup:
+    """``song.mid``: one note, its header's division (bytes 12-13) set to ``division``."""
+
+    def plant(inputs: Inputs, folder: Path) -> None:
+        import pretty_midi
+
+        midi = pretty_midi.PrettyMIDI()
+        piano = pretty_midi.Instrument(0)
+        piano.notes.append(pretty_midi.Note(velocity=90, pitch=60, start=0.0, end=1.0))
+        midi.instruments.append(piano)
+        buffer = io.BytesIO()
+        midi.write(buffer)
+        data = bytearray(buffer.getvalue())
+        data[12:14] = division.to_bytes(2, "big")
+        (folder / "song.mid").write_bytes(bytes(data))
+
+    return plant
 
 
 def foreign(*names: str) -> Setup:
@@ -522,6 +551,13 @@ CASES: list[Case] = [
                                   "MIDI file)")),
     build_from("build-midi-without-notes", "a valid MIDI file with no notes", "midi", silent_midi,
                msg=all_skipped(1, "contains no notes")),
+    build_from("build-midi-zero-ticks", "a MIDI file with 0 ticks per quarter note", "midi",
+               midi_with_division(0),
+               msg=all_skipped(1, "its header gives 0 ticks per quarter note, so its notes have no time")),
+    build_from("build-midi-smpte", "a MIDI file with SMPTE timing (25 frames/s, 40 ticks each)", "midi",
+               midi_with_division(0xE728),
+               msg=all_skipped(1, "its timing is SMPTE (frames per second), not ticks per quarter note; b2b "
+                                  "reads notes on beats: save the file with a beat-based resolution")),
     build("build-ids-missing", "`--ids` file does not exist", "--ids", "{dir}/no-ids.txt",
           msg="--ids file '{dir}/no-ids.txt' does not exist"),
     build("build-ids-empty", "`--ids` file lists no MSD ids", "--ids", "{case}/ids.txt",
@@ -555,6 +591,9 @@ CASES: list[Case] = [
     # -- shards inspect -----------------------------------------------------------------------------------
     b2b("inspect-folder-missing", "shards inspect", "folder does not exist",
         "shards", "inspect", "{dir}/no-shards", "--n", "0", prefix=SHARDS, msg=no_shards_at("no-shards")),
+    b2b("inspect-png-not-png", "shards inspect", "`--png out.json`", "shards", "inspect", "{shards}", "--n",
+        "2", "--png", "{case}/out.json", prefix=SHARDS,
+        msg="--png '{case}/out.json' must end in .png, e.g. '{case}/out.png'"),
     inspect("inspect-manifest-not-json", "manifest.json is not JSON", write("manifest.json", '{"shards": ['),
             verify=False,
             msg="{case}/manifest.json is not valid JSON (Expecting value: line 1 column 13 (char 12)); "
@@ -646,8 +685,8 @@ CASES: list[Case] = [
               "name="),
     train("train-run-dir-is-file", "train", "`run_dir` is a file", "run_dir={case}/file", exit=1,
           setup=(write("file", b"x"),),
-          msg="cannot create the run folder {case}/file/train-run-dir-is-file (Not a directory): check "
-              "run_dir"),
+          msg="cannot create the run folder {case}/file/train-run-dir-is-file (Not a directory): the trainer "
+              "keeps its lock, logs and checkpoints there; fix its permissions or choose another run_dir"),
 
     # -- resume and checkpoints ---------------------------------------------------------------------------
     resume("resume-other-model", "resume with a different model (`model.g_width=8`)",
@@ -732,6 +771,15 @@ CASES: list[Case] = [
            setup=(run_copy("sample-ema-damaged"), damage_run_file("sample-ema-damaged", "ema.pt")),
            msg="{runs}/sample-ema-damaged/checkpoints/step-2/ema.pt is damaged: its sha256 differs from the "
                "one in COMPLETE"),
+    sample("sample-file-of-checkpoint", "`--checkpoint` is a file inside a checkpoint (`ema.pt`)",
+           "{case}/step-2/ema.pt", setup=(checkpoint(),),
+           msg="'{case}/step-2/ema.pt' is a file of the checkpoint '{case}/step-2'; give the folder itself "
+               "(--checkpoint {case}/step-2), or its run folder for the latest checkpoint"),
+    sample("sample-step-renamed", "`--checkpoint` names a step folder that was renamed (`step-2` to "
+           "`step-2.old`)", "{runs}/sample-step-renamed/checkpoints/step-2",
+           setup=(run_copy("sample-step-renamed"), rename_run_step("sample-step-renamed", "step-2.old")),
+           msg="checkpoint path '{runs}/sample-step-renamed/checkpoints/step-2' does not exist; the complete "
+               "ones of '{runs}/sample-step-renamed/checkpoints' are …"),
     sample("sample-n-0", "`--n 0`", "{export}", "--n", "0", msg="--n must be at least 1, got 0"),
     sample("sample-threshold-nan", "`--threshold nan`", "{export}", "--threshold", "nan",
            msg="--threshold must be within [0, 1], got nan"),
@@ -871,6 +919,8 @@ CASES: list[Case] = [
              "data.shards={shards}", "data.shape=[5,32,48]",
              msg="data.shape [5, 32, 48] does not match the shards in '{shards}' (shape [5, 16, 48]); drop "
                  "data.shape or point data.shards elsewhere"),
+    describe("describe-shards-empty", "`data.shards=` (empty)", "data.shards=",
+             msg="data.shards is empty: give a folder, e.g. data.shards=shards/demo"),
     describe("describe-config-unknown-key", "unknown key in `--config`", "--config", "{case}/config.yaml",
              setup=(write("config.yaml", "log:\n  trackr: wandb\n"),),
              msg="unknown config key 'log.trackr' in {case}/config.yaml: did you mean 'log.tracker'? "
@@ -882,6 +932,11 @@ CASES: list[Case] = [
            prefix="python launch/submit.py: error: ", msg="argument --nodes: invalid int value: 'abc'"),
     submit("submit-gpus-negative", "`--gpus-per-node -1`", "--gpus-per-node", "-1", "--dry-run",
            msg="--gpus-per-node -1: must be at least 0"),
+    submit("submit-gpus-1000", "`--gpus-per-node 1000`", "--gpus-per-node", "1000", "--dry-run",
+           msg="--gpus-per-node 1000: at most 64 GPUs per node"),
+    submit("submit-time-huge", "`--time 999999999`", "--time", "999999999", "--dry-run",
+           msg="--time 999999999: at most 527040 minutes (a year; Slurm's own limit is the partition's "
+               "MaxTime)"),
     submit("submit-time-0", "`--time 0`", "--time", "0", "--dry-run", msg="--time 0: must be at least 1"),
     submit("submit-cpus-0", "`--cpus-per-task 0`", "--cpus-per-task", "0", "--dry-run",
            msg="--cpus-per-task 0: must be at least 1"),

@@ -353,6 +353,29 @@ def test_a_full_disk_names_the_folder_and_keeps_the_previous_checkpoint(
         subprocess.run(["umount", str(disk)], capture_output=True)
 
 
+def test_a_read_only_checkpoints_folder_is_found_before_step_1(tiny_shards: Path, tmp_path: Path) -> None:
+    """``checkpoints/`` on a read-only mount (root ignores permission bits, so a mode would not do)."""
+    run = tmp_path / "ro"
+    run.mkdir()
+    if not _tmpfs(run / "checkpoints", "1m"):
+        if os.environ.get("CI"):
+            pytest.fail("CI runs as root and must be able to mount a tmpfs")
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        assert subprocess.run(["mount", "-o", "remount,ro", str(run / "checkpoints")]).returncode == 0
+        args = overrides(tiny_shards, tmp_path, "ro", train__steps=3, checkpoint__every=1)
+        result = train(args, tmp_path)
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"b2b train: error: cannot write in {run / 'checkpoints'} (Read-only file system): checkpoints "
+            f"are saved in {run / 'checkpoints'}; fix its permissions or choose another run_dir"
+        )
+        assert not (run / "metrics.jsonl").exists()  # no step was spent
+        assert status(run)["state"] == "failed"
+    finally:
+        subprocess.run(["umount", str(run / "checkpoints")], capture_output=True)
+
+
 # ---------------------------------------------------------------------------------------------------
 # No process outlives a failure
 

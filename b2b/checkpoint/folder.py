@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,23 @@ BEST = "best"
 
 def checkpoints_dir(run_path: str | Path) -> Path:
     return Path(run_path) / "checkpoints"
+
+
+def check_checkpoints_writable(run_path: str | Path) -> None:
+    """Raise CheckpointError when the run's ``checkpoints/`` (or, before it exists, the run folder) cannot
+    take a new file: found before step 1, not at the first save. A probe file, since permission bits say
+    nothing about a read-only mount, and nothing to root."""
+    folder = checkpoints_dir(run_path)
+    target = folder if folder.is_dir() else folder.parent
+    try:
+        handle, probe = tempfile.mkstemp(dir=target, prefix=".b2b-probe-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot write in {target} ({exc.strerror}): checkpoints are saved in {folder}; fix its "
+            "permissions or choose another run_dir"
+        ) from None
 
 
 def is_complete(path: str | Path) -> bool:
@@ -85,6 +103,16 @@ def enclosing_checkpoint(path: str | Path) -> Path | None:
     return None
 
 
+def refuse_file_of_checkpoint(path: Path) -> None:
+    """Raise CheckpointError when ``path`` is one file of a checkpoint: the checkpoint is its folder."""
+    folder = enclosing_checkpoint(path) if path.is_file() else None
+    if folder is not None:
+        raise CheckpointError(
+            f"{str(path)!r} is a file of the checkpoint {str(folder)!r}; give the folder itself "
+            f"(--checkpoint {folder}), or its run folder for the latest checkpoint"
+        )
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A complete checkpoint folder from a checkpoint folder or a run folder (its latest one).
 
@@ -92,7 +120,17 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint path {str(path)!r} does not exist")
+        message = f"checkpoint path {str(path)!r} does not exist"
+        if path.parent.name == "checkpoints":  # a step folder that was renamed or removed: what is there
+            found = [folder.name for _, folder in complete_checkpoints(path.parent.parent)]
+            there = (
+                f"the complete ones of {str(path.parent)!r} are {', '.join(found)}"
+                if found
+                else (f"{str(path.parent)!r} holds no complete checkpoint")
+            )
+            message += f"; {there} (give one, or the run folder for the latest)"
+        raise CheckpointError(message)
+    refuse_file_of_checkpoint(path)
     if (path / META).is_file() or _STEP_DIR.match(path.name) or path.name == BEST:
         if not is_complete(path):
             raise CheckpointError(

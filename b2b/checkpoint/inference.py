@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from b2b.atomic import temporary_path
-from b2b.checkpoint.folder import _load, read_meta, resolve_checkpoint, verify
+from b2b.checkpoint.folder import _load, read_meta, refuse_file_of_checkpoint, resolve_checkpoint, verify
 from b2b.config import Config, config_from_dict
 from b2b.errors import CheckpointError
 from b2b.model.generator import Generator
@@ -51,6 +51,7 @@ def load_generator(path: str | Path, use_ema: bool = True) -> tuple[Generator, R
     """
 
     path = Path(path)
+    refuse_file_of_checkpoint(path)
     if path.is_file() or path.suffix == ".safetensors":  # an export, whatever its file name
         return _load_exported(path)
     checkpoint = resolve_checkpoint(path)

@@ -138,6 +138,8 @@ def inspect_shards(
         raise DataError(
             f"--png {str(path)!r} is a folder; give the image's file name, e.g. {path / 'samples.png'}"
         )
+    if path.suffix.lower() != ".png":
+        raise DataError(f"--png {str(path)!r} must end in .png, e.g. {str(path.with_suffix('.png'))!r}")
     save_roll_grid(
         rolls,
         spec,

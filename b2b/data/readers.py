@@ -143,6 +143,22 @@ def _quarters(times: np.ndarray, change_times: np.ndarray, change_qpm: np.ndarra
     return change_quarters[idx] + (times - change_times[idx]) * change_qpm[idx] / 60.0
 
 
+def _check_division(data: bytes) -> None:
+    """Refuse the two timings of a MIDI header (bytes 12-13, the division) that have no beats: SMPTE
+    frames (top bit set), where pretty_midi computes negative note lengths, and 0 ticks per quarter
+    note, where it divides by zero."""
+    if data[:4] != b"MThd" or len(data) < 14:
+        return  # pretty_midi names what is wrong with such a file
+    division = int.from_bytes(data[12:14], "big")
+    if division & 0x8000:
+        raise SourceError(
+            "its timing is SMPTE (frames per second), not ticks per quarter note; b2b reads notes on beats: "
+            "save the file with a beat-based resolution"
+        )
+    if division == 0:
+        raise SourceError("its header gives 0 ticks per quarter note, so its notes have no time")
+
+
 def read_midi(data: bytes) -> Song:
     """Parse the bytes of a MIDI file at :data:`MIDI_RESOLUTION` steps per quarter note.
 
@@ -156,6 +172,7 @@ def read_midi(data: bytes) -> Song:
     """
     import pretty_midi
 
+    _check_division(data)
     try:
         midi = pretty_midi.PrettyMIDI(io.BytesIO(data))
     except Exception as exc:  # mido and pretty_midi raise many types on malformed files

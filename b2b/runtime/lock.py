@@ -31,8 +31,10 @@ class RunLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._handle = open(self.path, "a+")
         except OSError as exc:
+            verb = "write in" if self.path.parent.is_dir() else "create"
             raise B2BError(
-                f"cannot create the run folder {self.path.parent} ({exc.strerror}): check run_dir"
+                f"cannot {verb} the run folder {self.path.parent} ({exc.strerror}): the trainer keeps its "
+                "lock, logs and checkpoints there; fix its permissions or choose another run_dir"
             ) from None
         try:
             fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

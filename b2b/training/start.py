@@ -38,7 +38,7 @@ from b2b.checkpoint.checkpointer import (
     WeightsDigest,
     check_compatible,
 )
-from b2b.checkpoint.folder import read_meta
+from b2b.checkpoint.folder import check_checkpoints_writable, read_meta
 from b2b.config import Config
 from b2b.data.loader import TrainLoader
 from b2b.errors import DataError
@@ -152,6 +152,7 @@ def take_run_lock(parts: RunParts) -> None:
     if ranks.rank() == 0:
         lock = parts.lock = RunLock(parts.run_path)
         parts.resources.callback(lock.release)
+        check_checkpoints_writable(parts.run_path)
 
 
 def choose_checkpoint(parts: RunParts) -> None:
