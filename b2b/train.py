@@ -10,6 +10,7 @@ The Trainer, its phases and its loop are in :mod:`b2b.training.trainer`; this mo
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import warnings
@@ -18,13 +19,20 @@ from pathlib import Path
 if __name__ == "__main__":  # run as a file (accelerate launch b2b/train.py): import b2b, not b2b/'s modules
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from b2b.config import Config, load_config
-from b2b.errors import B2BError
-from b2b.runtime import ranks
-from b2b.runtime.lock import RunInUse
-from b2b.training.monitor import write_status
-from b2b.training.preflight import take_accelerate_deepspeed_settings, validate_for_training
-from b2b.training.trainer import Trainer
+INTERRUPTED = "b2b train: interrupted while starting; nothing was trained"
+
+try:  # torch, accelerate: seconds, in which a Ctrl-C must not print a traceback
+    from b2b.config import Config, load_config
+    from b2b.errors import B2BError
+    from b2b.runtime import ranks
+    from b2b.runtime.lock import RunInUse
+    from b2b.training.monitor import write_status
+    from b2b.training.preflight import take_accelerate_deepspeed_settings, validate_for_training
+    from b2b.training.trainer import Trainer
+except KeyboardInterrupt:
+    print(INTERRUPTED, file=sys.stderr, flush=True)
+    # Not sys.exit: a half-imported torch can turn the interpreter's exit into a death by SIGINT (-2).
+    os._exit(130)
 
 # accelerate passes DDP `broadcast_buffers`, which torch 2.13 renamed; the behaviour asked for is unchanged.
 warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
@@ -53,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
     except B2BError as exc:
         print(f"b2b train: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
     created = not cfg.run_path.exists()
     trainer = None
     try:
@@ -65,6 +76,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"b2b train: error: {exc}", file=sys.stderr)
         _failed(cfg, trainer, str(exc))
         return 1
+    except KeyboardInterrupt:
+        # Before the trainer's own SIGINT handler (which stops at the end of a step and saves): nothing
+        # ran, and status.json still tells the state of the run's last trainer.
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
     except BaseException as exc:  # unexpected: keep the traceback, but leave a truthful status behind
         _failed(cfg, trainer, repr(exc))
         raise

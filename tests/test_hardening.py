@@ -132,6 +132,23 @@ def test_a_second_trainer_is_refused_and_a_dead_holder_does_not_block(
     assert third.returncode == 0, third.stderr[-2000:]
 
 
+def test_ctrl_c_while_starting_is_one_line_and_leaves_no_run_folder(
+    tiny_shards: Path, tmp_path: Path
+) -> None:
+    """SIGINT (what Ctrl-C sends) in the first seconds, while torch and accelerate load, before the
+    trainer's own handler (which stops at the end of a step and saves) takes over."""
+    for delay in (0.3, 1.0):
+        name = f"interrupt-{delay}"
+        args = overrides(tiny_shards, tmp_path, name, train__steps=100000, checkpoint__every=1000)
+        process = start([sys.executable, "-m", "b2b.train", *args], tmp_path)
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=120)
+        assert process.returncode == 130 and "Traceback" not in output, output[-3000:]
+        assert output.strip().splitlines()[-1] == "b2b train: interrupted while starting; nothing was trained"
+        assert not (tmp_path / name).exists()  # nothing left behind
+
+
 # ---------------------------------------------------------------------------------------------------
 # Resume
 

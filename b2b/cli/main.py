@@ -37,16 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in COMMANDS:
         parser.print_help() if not argv or argv[0] in ("-h", "--help") else parser.parse_args(argv)
         return 0 if argv else 2
-    if argv[0] == "train":  # its own entry point: exit codes and errors are the trainer's
-        from b2b.train import main as train_main
-
-        return train_main(argv[1:])
     name = argv[0]
-    module = importlib.import_module(COMMANDS[name][0])
-    command_parser = argparse.ArgumentParser(prog=f"b2b {name}", description=COMMANDS[name][1])
-    module.add_arguments(command_parser)
-    args = command_parser.parse_args(argv[1:])
-    try:
+    try:  # a Ctrl-C while the command's modules (torch: seconds) load is one line too
+        if name == "train":  # its own entry point: exit codes and errors are the trainer's
+            from b2b.train import main as train_main
+
+            return train_main(argv[1:])
+        module = importlib.import_module(COMMANDS[name][0])
+        command_parser = argparse.ArgumentParser(prog=f"b2b {name}", description=COMMANDS[name][1])
+        module.add_arguments(command_parser)
+        args = command_parser.parse_args(argv[1:])
         return int(module.run(args) or 0)
     except B2BError as exc:
         print(f"b2b {name}: error: {exc}", file=sys.stderr)
