@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,3 +118,18 @@ def read_json_lines(path: str | Path) -> JsonLines:
         else:
             dropped.append(number)
     return JsonLines(lines, rows, dropped, len(numbered))
+
+
+def cannot_write_in(folder: str | Path) -> str | None:
+    """Why ``folder`` cannot take a new file (the OS's reason), or None when it can.
+
+    It creates and removes a probe file: permission bits say nothing about a read-only mount, and
+    nothing to root.
+    """
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".b2b-probe-")
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    os.close(handle)
+    os.unlink(probe)
+    return None

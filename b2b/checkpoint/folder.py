@@ -12,13 +12,12 @@ import json
 import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from b2b.atomic import file_sha256
+from b2b.atomic import cannot_write_in, file_sha256
 from b2b.errors import CheckpointError
 
 FORMAT = "b2b-checkpoint/2"
@@ -48,19 +47,15 @@ def checkpoints_dir(run_path: str | Path) -> Path:
 
 def check_checkpoints_writable(run_path: str | Path) -> None:
     """Raise CheckpointError when the run's ``checkpoints/`` (or, before it exists, the run folder) cannot
-    take a new file: found before step 1, not at the first save. A probe file, since permission bits say
-    nothing about a read-only mount, and nothing to root."""
+    take a new file: found before step 1, not at the first save."""
     folder = checkpoints_dir(run_path)
     target = folder if folder.is_dir() else folder.parent
-    try:
-        handle, probe = tempfile.mkstemp(dir=target, prefix=".b2b-probe-")
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as exc:
+    reason = cannot_write_in(target)
+    if reason is not None:
         raise CheckpointError(
-            f"cannot write in {target} ({exc.strerror}): checkpoints are saved in {folder}; fix its "
+            f"cannot write in {target} ({reason}): checkpoints are saved in {folder}; fix its "
             "permissions or choose another run_dir"
-        ) from None
+        )
 
 
 def is_complete(path: str | Path) -> bool:
@@ -123,11 +118,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
         message = f"checkpoint path {str(path)!r} does not exist"
         if path.parent.name == "checkpoints":  # a step folder that was renamed or removed: what is there
             found = [folder.name for _, folder in complete_checkpoints(path.parent.parent)]
-            there = (
-                f"the complete ones of {str(path.parent)!r} are {', '.join(found)}"
-                if found
-                else (f"{str(path.parent)!r} holds no complete checkpoint")
-            )
+            there = f"the complete ones of {str(path.parent)!r} are {', '.join(found)}"
+            if not found:
+                there = f"{str(path.parent)!r} holds no complete checkpoint"
             message += f"; {there} (give one, or the run folder for the latest)"
         raise CheckpointError(message)
     refuse_file_of_checkpoint(path)

@@ -7,10 +7,10 @@ nothing behind.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from b2b.atomic import cannot_write_in
 from b2b.checkpoint.folder import enclosing_checkpoint
 from b2b.errors import B2BError, some_names
 
@@ -79,6 +79,9 @@ def claim_output(
     existing = next(p for p in (parent, *parent.parents) if p.exists())
     if not existing.is_dir():
         raise B2BError(f"{flag} {str(path)!r} cannot be created: {str(existing)!r} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise B2BError(f"{flag} {str(path)!r}: {str(existing)!r} is not writable; choose another {flag}")
+    reason = cannot_write_in(existing)
+    if reason is not None:
+        raise B2BError(
+            f"{flag} {str(path)!r}: {str(existing)!r} is not writable ({reason}); choose another {flag}"
+        )
     return path

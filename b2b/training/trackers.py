@@ -33,18 +33,16 @@ def wandb_run_id(run_path: Path) -> str:
     a file is replaced by a new id, with one warning, and the run goes on as a new W&B run.
     """
     path = run_path / "wandb_id.txt"
-    if path.is_file():
-        stored = path.read_bytes().decode("utf-8", errors="replace").strip()
-        if WANDB_ID.fullmatch(stored):
-            return stored
-        run_id = uuid.uuid4().hex[:12]
+    stored = path.read_bytes().decode("utf-8", errors="replace").strip() if path.is_file() else None
+    if stored is not None and WANDB_ID.fullmatch(stored):
+        return stored
+    run_id = uuid.uuid4().hex[:12]
+    if stored is not None:
         print(
             f"b2b train: warning: {path} holds no W&B run id ({stored[:40]!r}); continuing as the new W&B "
             f"run {run_id}",
             file=sys.stderr,
         )
-    else:
-        run_id = uuid.uuid4().hex[:12]
     write_text(path, run_id + "\n")
     return run_id
 
